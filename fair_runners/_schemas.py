@@ -1,0 +1,191 @@
+"""Pydantic models of the external contract (see the README's "Contract" section).
+
+`Dataset` and `Batch` follow the Fair-Forge schema and keep unknown fields (`extra="allow"`), so whatever a
+caller sends comes back untouched. Request models forbid unknown keys so typos are reported, not ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+TurnStatus = Literal["ok", "error", "skipped", "kept"]
+
+_ERROR_PREFIX = "[ERROR] "
+
+
+class Batch(BaseModel):
+    """One turn of a conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    qa_id: str
+    query: str
+    assistant: str = ""
+    ground_truth_assistant: str = ""
+    observation: str | None = None
+    agentic: dict[str, Any] | None = None
+    ground_truth_agentic: dict[str, Any] | None = None
+    logprobs: dict[str, Any] | None = None
+    weight: float | None = Field(default=None, ge=0)
+
+    def has_answer(self) -> bool:
+        """True when `assistant` holds a real answer (not empty, not an error marker)."""
+        return bool(self.assistant.strip()) and not self.assistant.startswith(_ERROR_PREFIX)
+
+
+class Dataset(BaseModel):
+    """One conversation: a session and its ordered turns."""
+
+    model_config = ConfigDict(extra="allow")
+
+    session_id: str = Field(min_length=1)
+    assistant_id: str
+    language: str | None = "english"
+    context: str = ""
+    conversation: list[Batch] = Field(default_factory=list)
+
+
+class AlquimiaConfig(BaseModel):
+    """Target of the Alquimia runner. `base_url` and `api_key` fall back to env.
+
+    Unknown keys are ignored (with a warning in the response), as Fair-Forge ignores them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    agent_id: str | None = None
+    channel_id: str | None = "chat"
+    api_version: str | None = ""
+
+
+class ConnectorConfig(BaseModel):
+    """Target of the LLM runner: an allowlisted LangChain chat model and its constructor params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    class_path: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunOptions(BaseModel):
+    """Execution options. `None` means "use the deployment's default" (env, then built-in)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrency: int | None = Field(default=None, ge=1, le=1000)
+    turn_timeout_s: float | None = Field(default=None, gt=0, le=900)
+    max_attempts: int | None = Field(default=None, ge=1, le=10)
+    history: bool = True
+    skip_answered: bool = False
+
+
+class RunRequest(BaseModel):
+    """A whole request: datasets plus one target (`connector` wins over `config`).
+
+    Unknown top-level keys are ignored with a warning (Fair-Forge payloads may carry extra keys).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    datasets: list[Dataset] = Field(min_length=1)
+    config: AlquimiaConfig | None = None
+    connector: ConnectorConfig | None = None
+    options: RunOptions = Field(default_factory=RunOptions)
+    run_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique_sessions(cls, datasets: list[Dataset]) -> list[Dataset]:
+        seen: set[str] = set()
+        for index, dataset in enumerate(datasets):
+            if dataset.session_id in seen:
+                raise ValueError(
+                    f"duplicate session_id {dataset.session_id!r} at datasets[{index}]: "
+                    "session ids must be unique within a request"
+                )
+            seen.add(dataset.session_id)
+        return datasets
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_connector_is_absent(cls, data: Any) -> Any:
+        # Fair-Forge treats `"connector": {}` as "no connector": keep that meaning.
+        if isinstance(data, dict) and data.get("connector") in ({}, None):
+            data = {k: v for k, v in data.items() if k != "connector"}
+        return data
+
+    def unknown_keys(self) -> list[str]:
+        """Top-level and `config` keys this service does not use (reported as warnings)."""
+        keys = sorted(self.model_extra or {})
+        if self.config is not None:
+            keys += [f"config.{k}" for k in sorted(self.config.model_extra or {})]
+        return keys
+
+    @property
+    def mode(self) -> Literal["alquimia", "llm"]:
+        """Which runner this request selects."""
+        return "llm" if self.connector is not None else "alquimia"
+
+
+class TurnRecord(BaseModel):
+    """What happened to one turn."""
+
+    qa_id: str
+    status: TurnStatus
+    latency_ms: float | None = None
+    attempts: int = 0
+    retry_wait_ms: float = 0.0
+    error_type: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class SessionSummary(BaseModel):
+    """Timing summary of one session (the Fair-Forge seed fields plus percentiles, tokens, turns)."""
+
+    session_id: str
+    total_batches: int
+    successes: int
+    failures: int
+    skipped: int
+    total_execution_time_ms: float
+    avg_batch_time_ms: float
+    p50_batch_time_ms: float
+    p95_batch_time_ms: float
+    max_batch_time_ms: float
+    retries: int
+    input_tokens: int
+    output_tokens: int
+    turns: list[TurnRecord]
+
+
+class RunTotals(BaseModel):
+    """Run-level totals."""
+
+    sessions: int
+    turns: int
+    successes: int
+    failures: int
+    skipped: int
+    retries: int
+    input_tokens: int
+    output_tokens: int
+    wall_time_ms: float
+
+
+class RunResult(BaseModel):
+    """The response object."""
+
+    success: bool = True
+    complete: bool = True
+    run_id: str
+    mode: Literal["alquimia", "llm"]
+    datasets: list[Dataset]
+    summaries: list[SessionSummary]
+    total_datasets: int
+    totals: RunTotals
+    warnings: list[str] = Field(default_factory=list)

@@ -1,0 +1,182 @@
+"""LangChain chat models (ChatOpenAI, ChatGroq, ...) built from an allowlisted connector.
+
+Imported only when a request selects the LLM runner, so the Alquimia path never loads LangChain. The model
+is built inside the running event loop with an `httpx.AsyncClient` owned by this run (the provider's
+module-level cached client would outlive the loop of a warm Lambda), and with the provider's own retries off
+unless the caller set `max_retries`: the engine's retry policy owns retries.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from pydantic import ValidationError
+
+from .._errors import (
+    BackendError,
+    InvalidRequest,
+    PermanentBackendError,
+    TransientBackendError,
+    TurnTimeout,
+    backend_error_from_status,
+    parse_retry_after,
+)
+from ._base import TurnInput, TurnOutput
+
+_MAX_MESSAGE = 400
+
+
+class LLMRunner:
+    """Runs turns against a LangChain chat model."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        model_class: type[Any],
+        params: dict[str, Any],
+        *,
+        timeout: httpx.Timeout,
+        max_connections: int = 16,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.model_class = model_class
+        self._params = dict(params)
+        self._timeout = timeout
+        self._max_connections = max_connections
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self.model: BaseChatModel | None = None
+
+    async def __aenter__(self) -> LLMRunner:
+        self._http = httpx.AsyncClient(
+            timeout=self._timeout,
+            limits=httpx.Limits(
+                max_connections=self._max_connections + 4,
+                max_keepalive_connections=self._max_connections + 4,
+            ),
+            transport=self._transport,
+            follow_redirects=False,
+        )
+        try:
+            self.model = self._build(self._http)
+        except BaseException:
+            await self._http.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def _build(self, http: httpx.AsyncClient) -> BaseChatModel:
+        fields = getattr(self.model_class, "model_fields", {})
+        params = dict(self._params)
+        if "http_async_client" in fields:
+            params["http_async_client"] = http
+        if "max_retries" in fields and "max_retries" not in params:
+            params["max_retries"] = 0
+        if "request_timeout" in fields and not {"timeout", "request_timeout"} & params.keys():
+            params["timeout"] = self._timeout.read
+        try:
+            model = self.model_class(**params)
+        except ValidationError as exc:
+            details = [
+                {
+                    "loc": "connector.params" + "".join(f".{part}" for part in err["loc"]),
+                    "msg": err["msg"],
+                }
+                for err in exc.errors(include_url=False, include_input=False)
+            ]
+            raise InvalidRequest("connector.params are not valid for this connector", details) from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(
+                "connector.params are not valid for this connector",
+                [{"loc": "connector.params", "msg": _short(exc)}],
+            ) from None
+        if not isinstance(model, BaseChatModel):
+            raise InvalidRequest(
+                "connector.class_path did not build a chat model",
+                [{"loc": "connector.class_path", "msg": "not a BaseChatModel"}],
+            )
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        """Non-secret facts about the target."""
+        return {"runner": self.name, "class": self.model_class.__name__, "model": self._params.get("model")}
+
+    async def run_turn(self, turn: TurnInput) -> TurnOutput:
+        """Send context, history and query; raise a `BackendError` on failure."""
+        if self.model is None:
+            raise RuntimeError("LLMRunner used outside `async with`")
+        messages: list[BaseMessage] = []
+        if turn.context:
+            messages.append(SystemMessage(content=turn.context))
+        for query, answer in turn.history:
+            messages.append(HumanMessage(content=query))
+            messages.append(AIMessage(content=answer))
+        messages.append(HumanMessage(content=turn.batch.query))
+        try:
+            reply = await self.model.ainvoke(messages)
+        except Exception as exc:
+            raise classify_exception(exc) from None
+        content = _text_of(reply)
+        if not content.strip():
+            from .._errors import EmptyAnswer
+
+            raise EmptyAnswer("the model returned an empty answer")
+        usage = getattr(reply, "usage_metadata", None) or {}
+        return TurnOutput(
+            content=content,
+            input_tokens=int(usage.get("input_tokens") or 0),
+            output_tokens=int(usage.get("output_tokens") or 0),
+        )
+
+
+def _text_of(reply: Any) -> str:
+    content = getattr(reply, "content", reply)
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and part.get("type") == "text":
+                parts.append(str(part.get("text", "")))
+        return "".join(parts)
+    return str(content)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    return text[:_MAX_MESSAGE] if text else type(exc).__name__
+
+
+def classify_exception(exc: BaseException) -> BackendError:
+    """Map a provider SDK exception (OpenAI, Groq, httpx, ...) to the engine's error families."""
+    if isinstance(exc, BackendError):
+        return exc
+    name = type(exc).__name__
+    message = f"{name}: {_short(exc)}"
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        retry_after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
+        return backend_error_from_status(status, message, retry_after)
+    if isinstance(exc, httpx.TimeoutException | TimeoutError) or "Timeout" in name:
+        return TurnTimeout(message)
+    if isinstance(exc, httpx.TransportError | ConnectionError) or "Connection" in name:
+        return TransientBackendError(message)
+    return PermanentBackendError(message)

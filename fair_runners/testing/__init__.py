@@ -1,0 +1,15 @@
+"""Loopback servers that speak the backends' protocols, for the demo, the tests and the benchmark.
+
+Needs the `local` extra (uvicorn, starlette). Never imported by the Lambda handler.
+
+- `AlquimiaAgent`: the Alquimia infer + SSE stream protocol, with latency and fault injection.
+- `OpenAICompatServer`: an OpenAI-compatible `/v1/chat/completions` (also Groq's `/openai/v1/...`).
+- `LoopbackServer`: serves either on 127.0.0.1 in a background thread.
+"""
+
+from ._faults import Fault
+from ._server import LoopbackServer
+from .alquimia_agent import AlquimiaAgent
+from .openai_compat import OpenAICompatServer
+
+__all__ = ["AlquimiaAgent", "Fault", "LoopbackServer", "OpenAICompatServer"]

@@ -1,0 +1,193 @@
+"""A local agent that speaks the Alquimia protocol (infer + server-sent-events stream).
+
+It remembers each session's turns, as the real service does, and answers `"<agent>: turn N of <session>:
+<query>"` so order and session routing can be checked. Latency and faults are injectable.
+Run it alone: `python -m fair_runners.testing.alquimia_agent --port 8765 --latency-ms 50`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ._faults import Fault, FaultPlan
+
+
+@dataclass
+class _Pending:
+    session_id: str
+    query: str
+    agent_id: str
+    turn: int
+
+
+@dataclass
+class AlquimiaAgent:
+    """State and behaviour of the fake agent; `app` is its ASGI application."""
+
+    api_key: str | None = "test-alquimia-key"
+    latency_s: float = 0.0
+    chunks: int = 3
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    sessions: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._pending: dict[str, _Pending] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=["GET", "POST"])])
+
+    def add_fault(self, *faults: Fault) -> None:
+        """Inject faults (see `Fault`)."""
+        self.faults.add(*faults)
+
+    def infer_requests(self) -> list[dict[str, Any]]:
+        """The infer calls received, in arrival order."""
+        return [r for r in self.requests if r["step"] == "infer"]
+
+    async def _dispatch(self, request: Request) -> Response:
+        path = request.url.path
+        if "/event/infer/" in path and request.method == "POST":
+            return await self._infer(request, path)
+        if "/event/stream/" in path and request.method == "GET":
+            return await self._stream(request, path)
+        return JSONResponse({"detail": "not found"}, status_code=404)
+
+    def _authorised(self, request: Request) -> bool:
+        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
+
+    async def _infer(self, request: Request, path: str) -> Response:
+        parts = path.split("/event/infer/", 1)[1].strip("/").split("/")
+        channel, agent_id = ([*parts, "", ""])[:2]
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"detail": "invalid json"}, status_code=422)
+        query = str(body.get("query", ""))
+        session_id = str(body.get("session_id", ""))
+        with self._lock:
+            self.requests.append(
+                {
+                    "step": "infer",
+                    "path": path,
+                    "query_params": dict(request.query_params),
+                    "channel": channel,
+                    "agent_id": agent_id,
+                    "session_id": session_id,
+                    "query": query,
+                    "extra_data": body.get("extra_data"),
+                    "attachments": body.get("attachments"),
+                    "authorization": request.headers.get("authorization"),
+                }
+            )
+        if not self._authorised(request):
+            return JSONResponse({"detail": "invalid api key"}, status_code=401)
+        fault = self.faults.take(query, session_id, "infer")
+        if fault is not None:
+            answer = await _apply_fault(fault)
+            if answer is not None:
+                return answer
+        with self._lock:
+            history = self.sessions.setdefault(session_id, [])
+            history.append(query)
+            stream_id = f"s{next(self._ids)}"
+            self._pending[stream_id] = _Pending(session_id, query, agent_id, len(history))
+        return JSONResponse({"stream_id": stream_id, "status": "queued"})
+
+    async def _stream(self, request: Request, path: str) -> Response:
+        stream_id = path.split("/event/stream/", 1)[1].strip("/")
+        with self._lock:
+            self.requests.append(
+                {
+                    "step": "stream",
+                    "stream_id": stream_id,
+                    "path": path,
+                    "accept": request.headers.get("accept"),
+                    "query_params": dict(request.query_params),
+                }
+            )
+        if not self._authorised(request):
+            return JSONResponse({"detail": "invalid api key"}, status_code=401)
+        with self._lock:
+            pending = self._pending.pop(stream_id, None)
+        if pending is None:
+            return JSONResponse({"detail": "unknown stream"}, status_code=404)
+        fault = self.faults.take(pending.query, pending.session_id, "stream")
+        if fault is not None and fault.kind in ("status", "hang", "slow"):
+            refusal = await _apply_fault(fault)
+            if refusal is not None:
+                return refusal
+            fault = None
+        answer = f"{pending.agent_id}: turn {pending.turn} of {pending.session_id}: {pending.query}"
+        return StreamingResponse(
+            self._events(answer, fault), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    async def _events(self, answer: str, fault: Fault | None) -> AsyncIterator[bytes]:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        kind = fault.kind if fault else None
+        if kind == "malformed":
+            yield b"data: {not json\n\n"
+            yield b"data: [garbage]\n\n"
+            return
+        if kind == "garbage_then_ok":
+            yield b"data: {broken\n\n"
+            yield b": a comment line\n\n"
+        if kind == "empty":
+            yield _event("")
+            return
+        step = max(1, len(answer) // max(1, self.chunks))
+        cut = [*list(range(step, len(answer), step))[: self.chunks - 1], len(answer)]
+        for n, end in enumerate(cut):
+            if kind == "drop" and n == 1:
+                raise ConnectionAbortedError("fault injection: stream dropped")
+            yield _event(answer[:end])
+
+
+def _event(content: str) -> bytes:
+    payload = {"response": {"data": {"content": content}}, "is_complete": False}
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _apply_fault(fault: Fault) -> Response | None:
+    if fault.kind == "status":
+        headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+        return JSONResponse({"detail": f"injected {fault.status}"}, status_code=fault.status, headers=headers)
+    if fault.kind == "hang":
+        await asyncio.sleep(3600)
+    if fault.kind == "slow":
+        await asyncio.sleep(fault.delay_s)
+        return None
+    if fault.kind == "no_stream_id":
+        return JSONResponse({"status": "queued"})
+    return None
+
+
+def main() -> None:
+    """Serve the agent until interrupted."""
+    parser = argparse.ArgumentParser(description="Local Alquimia-protocol agent on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default="test-alquimia-key")
+    args = parser.parse_args()
+    import uvicorn
+
+    agent = AlquimiaAgent(api_key=args.api_key, latency_s=args.latency_ms / 1000)
+    uvicorn.run(agent.app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""A local OpenAI-compatible chat completions endpoint that the real ChatOpenAI and ChatGroq talk to.
+
+Answers `"echo: <last user message> (history=N, system=yes|no)"` where N counts earlier user messages, and
+reports token usage, so history, context and usage can be checked end to end. Latency and faults are
+injectable. Serves `/v1/chat/completions` (OpenAI) and `/openai/v1/chat/completions` (Groq).
+Run it alone: `python -m fair_runners.testing.openai_compat --port 8766 --latency-ms 50`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ._faults import Fault, FaultPlan
+
+
+@dataclass
+class OpenAICompatServer:
+    """State and behaviour of the fake endpoint; `app` is its ASGI application."""
+
+    api_key: str | None = "test-llm-key"
+    latency_s: float = 0.0
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                Route("/openai/v1/chat/completions", self._completions, methods=["POST"]),
+            ]
+        )
+
+    def add_fault(self, *faults: Fault) -> None:
+        """Inject faults (see `Fault`; the `phase` is always `infer`)."""
+        self.faults.add(*faults)
+
+    async def _completions(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "invalid JSON body", "invalid_request_error")
+        messages = body.get("messages") or []
+        user_messages = [m for m in messages if m.get("role") == "user"]
+        query = str(user_messages[-1].get("content", "")) if user_messages else ""
+        with self._lock:
+            self.requests.append(
+                {
+                    "path": request.url.path,
+                    "model": body.get("model"),
+                    "messages": messages,
+                    "query": query,
+                    "authorization": request.headers.get("authorization"),
+                    "time": time.monotonic(),
+                }
+            )
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error(401, "Incorrect API key provided", "invalid_api_key")
+        if body.get("stream"):
+            return _error(400, "streaming is not supported by this test server", "invalid_request_error")
+        fault = self.faults.take(query, None, "infer")
+        if fault is not None:
+            if fault.kind == "status":
+                headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
+                return _error(fault.status, f"injected {fault.status}", "server_error", headers)
+            if fault.kind == "hang":
+                await asyncio.sleep(3600)
+            if fault.kind == "slow":
+                await asyncio.sleep(fault.delay_s)
+            if fault.kind == "empty":
+                return JSONResponse(_completion(body, "", next(self._ids)))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        has_system = any(m.get("role") == "system" for m in messages)
+        answer = f"echo: {query} (history={len(user_messages) - 1}, system={'yes' if has_system else 'no'})"
+        return JSONResponse(_completion(body, answer, next(self._ids)))
+
+
+def _completion(body: dict[str, Any], answer: str, n: int) -> dict[str, Any]:
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+    completion_tokens = len(answer.split())
+    return {
+        "id": f"chatcmpl-{n}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or "test-model",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(
+        {"error": {"message": message, "type": code, "code": code}}, status_code=status, headers=headers
+    )
+
+
+def main() -> None:
+    """Serve the endpoint until interrupted."""
+    parser = argparse.ArgumentParser(description="Local OpenAI-compatible endpoint on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--api-key", default="test-llm-key")
+    args = parser.parse_args()
+    import uvicorn
+
+    server = OpenAICompatServer(api_key=args.api_key, latency_s=args.latency_ms / 1000)
+    uvicorn.run(server.app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Shared fixtures: real loopback servers (Alquimia agent, OpenAI-compatible endpoint), events, contexts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fair_runners.testing import AlquimiaAgent, LoopbackServer, OpenAICompatServer
+
+ROOT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = ROOT / "events"
+ALQUIMIA_KEY = "test-alquimia-key"
+LLM_KEY = "test-llm-key"
+
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FairRunnersTest")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fair-runners-test")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach a real provider or pick up a developer's keys."""
+    for name in (
+        "OPENAI_API_KEY",
+        "GROQ_API_KEY",
+        "LLM_API_KEY",
+        "ALQUIMIA_API_KEY",
+        "ALQUIMIA_BASE_URL",
+        "OPENAI_BASE_URL",
+        "GROQ_BASE_URL",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_BASE_S", "0.05")
+    monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_MAX_S", "0.5")
+
+
+@pytest.fixture(scope="session")
+def _agent_server() -> Iterator[tuple[AlquimiaAgent, LoopbackServer]]:
+    agent = AlquimiaAgent(api_key=ALQUIMIA_KEY)
+    with LoopbackServer(agent.app) as server:
+        yield agent, server
+
+
+@pytest.fixture
+def agent(
+    _agent_server: tuple[AlquimiaAgent, LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> AlquimiaAgent:
+    """The loopback Alquimia agent, reset for each test (no faults, no latency, empty logs)."""
+    agent, server = _agent_server
+    agent.faults.clear()
+    agent.requests.clear()
+    agent.sessions.clear()
+    agent.latency_s = 0.0
+    agent.api_key = ALQUIMIA_KEY
+    agent.url = server.url  # type: ignore[attr-defined]
+    _allow(monkeypatch, server)
+    return agent
+
+
+@pytest.fixture(scope="session")
+def _llm_server() -> Iterator[tuple[OpenAICompatServer, LoopbackServer]]:
+    llm = OpenAICompatServer(api_key=LLM_KEY)
+    with LoopbackServer(llm.app) as server:
+        yield llm, server
+
+
+@pytest.fixture
+def llm(
+    _llm_server: tuple[OpenAICompatServer, LoopbackServer], monkeypatch: pytest.MonkeyPatch
+) -> OpenAICompatServer:
+    """The loopback OpenAI-compatible endpoint, reset for each test."""
+    llm, server = _llm_server
+    llm.faults.clear()
+    llm.requests.clear()
+    llm.latency_s = 0.0
+    llm.api_key = LLM_KEY
+    llm.url = server.url  # type: ignore[attr-defined]
+    _allow(monkeypatch, server)
+    return llm
+
+
+def _allow(monkeypatch: pytest.MonkeyPatch, server: LoopbackServer) -> None:
+    current = os.environ.get("FAIR_RUNNERS_ALLOWED_HOSTS", "")
+    hosts = {h for h in current.split(",") if h} | {f"{server.host}:{server.port}"}
+    monkeypatch.setenv("FAIR_RUNNERS_ALLOWED_HOSTS", ",".join(sorted(hosts)))
+
+
+def make_datasets(sessions: int = 2, turns: int = 3, prefix: str = "s", **extra: Any) -> list[dict[str, Any]]:
+    """Fair-Forge datasets with distinct session ids and queries."""
+    return [
+        {
+            "session_id": f"{prefix}{i}",
+            "assistant_id": "bot",
+            "conversation": [
+                {"qa_id": f"{prefix}{i}-q{j}", "query": f"question {j} of {prefix}{i}"} for j in range(turns)
+            ],
+            **extra,
+        }
+        for i in range(sessions)
+    ]
+
+
+def alquimia_request(agent: AlquimiaAgent, datasets: list[dict[str, Any]], **options: Any) -> dict[str, Any]:
+    """A request for the loopback agent."""
+    return {
+        "datasets": datasets,
+        "config": {"base_url": agent.url, "api_key": ALQUIMIA_KEY, "agent_id": "bot"},  # type: ignore[attr-defined]
+        "options": options,
+    }
+
+
+def llm_request(
+    llm: OpenAICompatServer, datasets: list[dict[str, Any]], provider: str = "openai", **options: Any
+) -> dict[str, Any]:
+    """A request for the loopback OpenAI-compatible endpoint through ChatOpenAI or ChatGroq."""
+    if provider == "openai":
+        connector = {
+            "class_path": "langchain_openai.chat_models.ChatOpenAI",
+            "params": {"model": "test-model", "api_key": LLM_KEY, "base_url": f"{llm.url}/v1"},  # type: ignore[attr-defined]
+        }
+    else:
+        connector = {
+            "class_path": "langchain_groq.chat_models.ChatGroq",
+            "params": {"model": "test-model", "api_key": LLM_KEY, "base_url": llm.url},  # type: ignore[attr-defined]
+        }
+    return {"datasets": datasets, "connector": connector, "options": options}
+
+
+class FakeLambdaContext:
+    """A Lambda context whose deadline is real (`timeout_s` from creation)."""
+
+    def __init__(self, timeout_s: float = 60.0, request_id: str = "test-request-id") -> None:
+        self._end = time.monotonic() + timeout_s
+        self.aws_request_id = request_id
+        self.function_name = "fair-runners-test"
+        self.memory_limit_in_mb = 1024
+        self.invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:fair-runners-test"
+
+    def get_remaining_time_in_millis(self) -> int:
+        """Milliseconds left."""
+        return max(0, int((self._end - time.monotonic()) * 1000))
+
+
+@pytest.fixture
+def lambda_context() -> FakeLambdaContext:
+    """A context with 60 s left."""
+    return FakeLambdaContext()
+
+
+def load_event(name: str) -> dict[str, Any]:
+    """An event from `events/`."""
+    return json.loads((EVENTS_DIR / name).read_text())  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
