@@ -19,6 +19,7 @@ from ._errors import (
     TurnTimeout,
 )
 from ._events import Event, RunFinished, RunStarted, SessionFinished, TurnFinished, TurnRetrying
+from ._progress import RunProgress
 from ._run import PreparedRun, execute, iter_sessions, parse_request, prepare, run, run_sync
 from ._schemas import (
     AlquimiaConfig,
@@ -58,6 +59,7 @@ __all__ = [
     "RateLimited",
     "RunFinished",
     "RunOptions",
+    "RunProgress",
     "RunRequest",
     "RunResult",
     "RunStarted",

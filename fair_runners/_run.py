@@ -8,9 +8,12 @@ time: the LLM runner is imported only when a request selects it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -222,7 +225,10 @@ async def execute(
     from ._events import RunFinished
 
     if on_event is not None:
-        on_event(RunFinished(prepared.run_id, outcome.complete, outcome.totals))
+        try:
+            on_event(RunFinished(prepared.run_id, outcome.complete, outcome.totals))
+        except Exception:  # as in the engine: a broken progress callback must not break the run
+            logging.getLogger("fair_runners.engine").exception("progress callback failed")
     warnings = list(prepared.warnings)
     if outcome.min_concurrency < prepared.options.max_concurrency:
         warnings.append(
@@ -269,22 +275,43 @@ def run_sync(
     on_event: EventCallback | None = None,
     settings: Settings | None = None,
 ) -> RunResult:
-    """Blocking `run()`, in a fresh event loop."""
-    return asyncio.run(run(request, deadline_s=deadline_s, on_event=on_event, settings=settings))
+    """Blocking `run()`, in a fresh event loop.
+
+    Inside a running loop (a Jupyter notebook, an async service) the run gets its own loop on a worker
+    thread, so the call still blocks and returns the result instead of failing.
+    """
+
+    def _run_in_new_loop() -> RunResult:
+        return asyncio.run(run(request, deadline_s=deadline_s, on_event=on_event, settings=settings))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_in_new_loop()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fair-runners") as pool:
+        return pool.submit(_run_in_new_loop).result()
 
 
 async def iter_sessions(
     request: RunRequest | Mapping[str, Any],
     *,
     deadline_s: float | None = None,
+    on_event: EventCallback | None = None,
     settings: Settings | None = None,
 ) -> AsyncIterator[tuple[Dataset, SessionSummary]]:
-    """Yield each session's (dataset, summary) as soon as it finishes, in completion order."""
+    """Yield each session's (dataset, summary) as soon as it finishes, in completion order.
+
+    `on_event`, when given, also receives every progress event (as with `run`).
+    """
     prepared = prepare(request, settings=settings)
     queue: asyncio.Queue[Event | None] = asyncio.Queue()
-    task = asyncio.create_task(
-        execute(prepared, deadline=Deadline.after(deadline_s), on_event=queue.put_nowait)
-    )
+
+    def _forward(event: Event) -> None:
+        queue.put_nowait(event)
+        if on_event is not None:
+            on_event(event)
+
+    task = asyncio.create_task(execute(prepared, deadline=Deadline.after(deadline_s), on_event=_forward))
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while (event := await queue.get()) is not None:
@@ -292,5 +319,7 @@ async def iter_sessions(
                 yield event.dataset, event.summary
         await task
     finally:
-        if not task.done():
+        if not task.done():  # the caller stopped iterating early: stop the run too
             task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,5 @@
+"""`python -m fair_runners.cli`."""
+
+from . import main
+
+main()

@@ -1,0 +1,105 @@
+"""`fair-runners demo`: the embedded default, no cloud account and no API key.
+
+Starts the bundled Alquimia-protocol agent and OpenAI-compatible endpoint on 127.0.0.1, sends every sample
+event (one per trigger, both modes) through the real `lambda_handler` as Lambda would, and prints each
+session's summary. The sample events ship inside the package (`fair_runners/cli/demo_events/`, copies of
+the repository's `events/`), so the demo works after a plain install; `--events DIR` runs other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from .._schemas import SessionSummary
+from ._display import summary_table
+from ._invoke import LambdaContext, invoke, load_handler
+
+AGENT_PLACEHOLDER = "127.0.0.1:8765"
+LLM_PLACEHOLDER = "127.0.0.1:8766"
+
+
+def bundled_events() -> list[tuple[str, str]]:
+    """(name, text) of the sample events shipped in the package."""
+    folder = resources.files("fair_runners.cli") / "demo_events"
+    return sorted(
+        (entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".json")
+    )
+
+
+def events_from(directory: Path) -> list[tuple[str, str]]:
+    """(name, text) of every `*.json` in `directory`."""
+    return [(p.name, p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+
+
+def _swap(text: str, agent_url: str, llm_url: str) -> str:
+    return text.replace(f"http://{AGENT_PLACEHOLDER}", agent_url).replace(
+        f"http://{LLM_PLACEHOLDER}", llm_url
+    )
+
+
+def retarget(event: Any, agent_url: str, llm_url: str) -> Any:
+    """Point an event's placeholder backend addresses (also inside base64 bodies) at running servers."""
+    result = json.loads(_swap(json.dumps(event), agent_url, llm_url))
+    body = result.get("body") if isinstance(result, dict) else None
+    if isinstance(body, str) and result.get("isBase64Encoded"):
+        decoded = _swap(base64.b64decode(body).decode(), agent_url, llm_url)
+        result["body"] = base64.b64encode(decoded.encode()).decode()
+    return result
+
+
+def response_object(response: Any) -> tuple[int | None, Any]:
+    """(HTTP status or None, the response object) of a handler's return value."""
+    if isinstance(response, dict) and "statusCode" in response:
+        body = response.get("body") or ""
+        if response.get("isBase64Encoded"):
+            body = base64.b64decode(body).decode()
+        return int(response["statusCode"]), json.loads(body)
+    return None, response
+
+
+def run_demo(events: list[tuple[str, str]], latency_ms: float, console: Console) -> int:
+    """Run each event through the handler against the local servers; 0 when every turn was answered."""
+    from ..testing import AlquimiaAgent, LoopbackServer, OpenAICompatServer
+
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+    agent = AlquimiaAgent(latency_s=latency_ms / 1000)
+    llm = OpenAICompatServer(latency_s=latency_ms / 1000)
+    problems = 0
+    with LoopbackServer(agent.app) as agent_server, LoopbackServer(llm.app) as llm_server:
+        hosts = [f"{s.host}:{s.port}" for s in (agent_server, llm_server)]
+        current = [h for h in os.environ.get("FAIR_RUNNERS_ALLOWED_HOSTS", "").split(",") if h]
+        os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = ",".join(dict.fromkeys([*current, *hosts]))
+        console.print(
+            f"local Alquimia agent on {agent_server.url}, OpenAI-compatible endpoint on {llm_server.url}"
+        )
+        handler = load_handler()
+        for name, text in events:
+            event = retarget(json.loads(text), agent_server.url, llm_server.url)
+            outcome = invoke(handler, event, LambdaContext(timeout_s=60, function_name="fair-runners-demo"))
+            status, result = response_object(outcome.response)
+            if outcome.error is not None or not isinstance(result, dict) or not result.get("success"):
+                problems += 1
+                error = outcome.error or (result if isinstance(result, dict) else {"error": result})
+                console.print(f"[red]== {escape(name)}: failed[/] {escape(json.dumps(error)[:300])}")
+                continue
+            summaries = [SessionSummary.model_validate(s) for s in result["summaries"]]
+            problems += sum(s.failures + s.skipped for s in summaries)
+            http = f", HTTP {status}" if status is not None else ""
+            title = f"== {escape(name)}  ({result.get('mode')} mode{http}, {outcome.duration_ms:,.0f} ms)"
+            console.print(summary_table(summaries, title))
+            first = result["datasets"][0]["conversation"][0]
+            console.print(f"   first answer: {escape(repr(first.get('assistant')))}\n")
+    verdict = "every turn answered" if problems == 0 else f"{problems} problems"
+    console.print(f"{len(events)} events through lambda_handler: {verdict}")
+    return 0 if problems == 0 else 1
