@@ -23,7 +23,7 @@ setup-dev: $(VENV)/.ok-dev
 
 ## The embedded default: sample events through the real handler against the bundled local agent.
 demo: $(VENV)/.ok-local
-	$(PY) -m fair_runners.demo
+	$(VENV)/bin/fair-runners demo
 
 ## Lint, type-check and the whole test suite.
 test: $(VENV)/.ok-dev lint typecheck unit

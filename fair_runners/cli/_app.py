@@ -238,7 +238,7 @@ def demo(
     """The embedded default: sample events through the real handler against bundled local backends."""
     from ._demo import bundled_events, events_from, run_demo
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     files = bundled_events() if events is None else events_from(events)
     if not files:
         stderr_console().print(f"error: no *.json event files in {events}", markup=False)

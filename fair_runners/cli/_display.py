@@ -35,7 +35,7 @@ MAX_ROWS = 40
 
 def stderr_console() -> Console:
     """The console progress and summaries go to (stdout stays free for results)."""
-    return Console(stderr=True, highlight=False, soft_wrap=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def pick_mode(console: Console, quiet: bool) -> DisplayMode:
