@@ -122,8 +122,13 @@ class LambdaProxy:
         self._one_at_a_time = threading.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # nothing to set up, but say so
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
         if scope["type"] != "http":
-            return  # lifespan and websockets: nothing to do
+            return  # websockets: not an API Gateway HTTP API feature
         request = Request(scope, receive)
         event = build_event(request, await request.body())
         response = await run_in_threadpool(self._invoke, event)
