@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,16 @@ def test_resume_sends_only_missing_and_failed_turns(agent: AlquimiaAgent, tmp_pa
     assert proc.returncode == 0 and agent.infer_requests() == []
     final = json.loads(out.read_text())
     assert final["totals"]["successes"] == 6 and final["complete"]
+
+
+def test_loopback_targets_are_allowed_remote_ones_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fair_runners.cli._inputs import allow_hosts, allow_loopback_targets
+
+    monkeypatch.setenv("FAIR_RUNNERS_ALLOWED_HOSTS", "10.0.0.1:80")
+    allow_loopback_targets({"config": {"base_url": "http://127.0.0.1:8765/api"}})
+    allow_loopback_targets({"connector": {"params": {"base_url": "http://localhost:9000/v1"}}})
+    allow_loopback_targets({"config": {"base_url": "http://example.com:8080"}})
+    allow_hosts(["127.0.0.1:8765", "agent.internal:8080"])
+    assert os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] == (
+        "10.0.0.1:80,127.0.0.1:8765,localhost:9000,agent.internal:8080"
+    )

@@ -175,6 +175,13 @@ def invoke(
     ] = 900.0,
     function_name: Annotated[str, typer.Option(help="context.function_name.")] = "fair-runners",
     memory: Annotated[int, typer.Option(help="context.memory_limit_in_mb.")] = 1024,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow this backend HOST:PORT over plain http (appended to env FAIR_RUNNERS_ALLOWED_HOSTS); "
+            "repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Run one event through handler.app.lambda_handler as Lambda would (the no-Docker `sam local invoke`).
 
@@ -185,6 +192,7 @@ def invoke(
     from ._invoke import invoke as call
 
     console = stderr_console()
+    _inputs.allow_hosts(list(allow_host or []))
     try:
         text = sys.stdin.read() if str(event) == "-" else event.read_text(encoding="utf-8")
         payload = json.loads(text)
@@ -203,6 +211,13 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 3000,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     timeout: Annotated[float, typer.Option(min=0.001, help="The function timeout per request (s).")] = 900.0,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow this backend HOST:PORT over plain http (appended to env FAIR_RUNNERS_ALLOWED_HOSTS); "
+            "repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """A local HTTP API: each request becomes an API Gateway v2 event for lambda_handler.
 
@@ -214,6 +229,7 @@ def serve(
     from ._serve import LambdaProxy
 
     console = stderr_console()
+    _inputs.allow_hosts(list(allow_host or []))
     if host not in ("127.0.0.1", "localhost", "::1"):
         console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach it can run requests")
     proxy = LambdaProxy(load_handler(), timeout_s=timeout, log=lambda line: console.print(line, markup=False))

@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from .._schemas import SessionSummary
 from ._display import summary_table
+from ._inputs import allow_hosts
 from ._invoke import LambdaContext, invoke, load_handler
 
 AGENT_PLACEHOLDER = "127.0.0.1:8765"
@@ -77,9 +78,7 @@ def run_demo(events: list[tuple[str, str]], latency_ms: float, console: Console)
     llm = OpenAICompatServer(latency_s=latency_ms / 1000)
     problems = 0
     with LoopbackServer(agent.app) as agent_server, LoopbackServer(llm.app) as llm_server:
-        hosts = [f"{s.host}:{s.port}" for s in (agent_server, llm_server)]
-        current = [h for h in os.environ.get("FAIR_RUNNERS_ALLOWED_HOSTS", "").split(",") if h]
-        os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = ",".join(dict.fromkeys([*current, *hosts]))
+        allow_hosts([f"{s.host}:{s.port}" for s in (agent_server, llm_server)])
         console.print(
             f"local Alquimia agent on {agent_server.url}, OpenAI-compatible endpoint on {llm_server.url}"
         )

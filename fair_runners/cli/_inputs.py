@@ -241,6 +241,11 @@ def allow_loopback_targets(request: dict[str, Any]) -> None:
         if parts.hostname in _LOOPBACK:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             hosts.append(f"{parts.hostname}:{port}")
+    allow_hosts(hosts)
+
+
+def allow_hosts(hosts: list[str]) -> None:
+    """Append `hosts` (`host:port`) to env FAIR_RUNNERS_ALLOWED_HOSTS: backends allowed over plain http."""
     if hosts:
         current = [h for h in os.environ.get("FAIR_RUNNERS_ALLOWED_HOSTS", "").split(",") if h]
         os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = ",".join(dict.fromkeys([*current, *hosts]))

@@ -20,6 +20,7 @@ from ._display import ProgressDisplay, pick_mode, print_result
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
@@ -86,10 +87,17 @@ def run_command(args: RunArgs, console: Console) -> int:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         return EXIT_BAD_INPUT
     display = ProgressDisplay(console, pick_mode(console, args.quiet))
-    with display:
-        result: RunResult = asyncio.run(
-            execute(prepared, deadline=Deadline.after(args.deadline_s), on_event=display.on_event)
+    try:
+        with display:
+            result: RunResult = asyncio.run(
+                execute(prepared, deadline=Deadline.after(args.deadline_s), on_event=display.on_event)
+            )
+    except KeyboardInterrupt:
+        console.print(
+            "interrupted: nothing was written. --deadline S stops a run in time and keeps its answers; "
+            "--resume RESULT.json finishes one."
         )
+        return EXIT_INTERRUPTED
     _outputs.write(result, output, fmt)
     if not args.quiet:
         print_result(console, result)
