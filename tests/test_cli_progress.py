@@ -44,7 +44,7 @@ def _run_on_pty(args: list[str], **env: str) -> tuple[int, str]:
 
 
 def test_live_progress_renders_on_a_terminal(agent: AlquimiaAgent, tmp_path: Path) -> None:
-    agent.latency_s = 0.05
+    agent.latency_s = 0.1  # about a second in all: the live display redraws several times meanwhile
     agent.add_fault(Fault("status", query="question 1 of s1", status=503, times=1))
     data = tmp_path / "d.json"
     data.write_text(json.dumps(make_datasets(sessions=3, turns=3)))
@@ -84,7 +84,7 @@ def test_run_progress_counts_match_the_result(agent: AlquimiaAgent) -> None:
 
 
 def test_iter_sessions_yields_each_session_as_it_finishes(agent: AlquimiaAgent) -> None:
-    agent.latency_s = 0.02
+    agent.latency_s = 0.05
     datasets = make_datasets(sessions=3, turns=1)
     datasets[0]["conversation"] = [
         {"qa_id": f"long-{j}", "query": f"long question {j}"} for j in range(6)
@@ -101,7 +101,8 @@ def test_iter_sessions_yields_each_session_as_it_finishes(agent: AlquimiaAgent) 
             order.append(dataset.session_id)
         return order
 
-    assert asyncio.run(collect()) == ["s1", "s2", "s0"]
+    order = asyncio.run(collect())
+    assert sorted(order[:2]) == ["s1", "s2"] and order[2] == "s0"  # completion order, not input order
     assert events[0] == "RunStarted" and events[-1] == "RunFinished"
 
 
