@@ -179,6 +179,14 @@ def test_dns_rebinding_is_caught_at_connect_time(
         return next(answers, ["127.0.0.1"])
 
     monkeypatch.setattr(_netguard, "_resolve", rebinding)
+    # The system resolver (what an unguarded client would use) already answers with the loopback address.
+    real_getaddrinfo = socket.getaddrinfo
+
+    def system_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        rebound = host in ("rebind.test", b"rebind.test")
+        return real_getaddrinfo("127.0.0.1" if rebound else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", system_resolver)
     url = f"https://rebind.test:{port}"
     if mode == "alquimia":
         request: dict[str, Any] = {
