@@ -74,7 +74,8 @@ class OpenAICompatServer:
         fault = self.faults.take(query, None, "infer")
         if fault is not None:
             if fault.kind == "echo":
-                message = f"bad request {dict(request.headers)} {json.dumps(body)}"
+                auth = request.headers.get("authorization")
+                message = f"bad request with key {auth}: {dict(request.headers)} {json.dumps(body)}"
                 return _error(fault.status, message, "invalid_request_error")
             if fault.kind == "redirect":
                 return Response(status_code=fault.status, headers={"Location": fault.location})
