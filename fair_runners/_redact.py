@@ -6,11 +6,21 @@ leaves the engine (turn errors, warnings, log messages) goes through `Redactor.r
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 from collections.abc import Iterable
+from contextvars import ContextVar
+from typing import Any
 
 REDACTED = "***"
 _MIN_SECRET_LEN = 4
+# A secret cut short by a truncated message still leaks its first characters: mask any fragment this long
+# at either end of the text.
+_MIN_FRAGMENT = 6
+# Env variables whose values are always secrets.
+SECRET_ENV = ("ALQUIMIA_API_KEY", "LLM_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "GOOGLE_API_KEY")
 
 # Shapes of credentials worth hiding even when they were never registered (a backend echoing another key).
 _PATTERNS = re.compile(
@@ -29,16 +39,64 @@ class Redactor:
             self.add(secret)
 
     def add(self, secret: str | None) -> None:
-        """Register a secret value (ignored when empty or too short to be a key)."""
+        """Register a secret value (ignored when empty or too short to be a key).
+
+        Its JSON-escaped form is registered too, so it is found inside serialised output.
+        """
         if secret and len(secret) >= _MIN_SECRET_LEN:
             self._secrets.add(secret)
+            escaped = json.dumps(secret)[1:-1]
+            if escaped != secret:
+                self._secrets.add(escaped)
 
-    def redact(self, text: str) -> str:
-        """Return `text` with every registered secret and credential-shaped token masked."""
+    def add_env(self) -> None:
+        """Register the secrets held in env (`SECRET_ENV`)."""
+        for name in SECRET_ENV:
+            self.add(os.environ.get(name))
+
+    def merged(self, other: Redactor) -> Redactor:
+        """A redactor that knows both sets of secrets."""
+        both = Redactor()
+        both._secrets = self._secrets | other._secrets
+        return both
+
+    def redact(self, text: str, *, patterns: bool = True) -> str:
+        """Return `text` with every registered secret masked, and credential-shaped tokens (`patterns`)."""
         for secret in sorted(self._secrets, key=len, reverse=True):
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return _PATTERNS.sub(_mask, text)
+            text = _mask_fragments(text, secret)
+        return _PATTERNS.sub(_mask, text) if patterns else text
+
+    def redact_obj(self, value: Any, *, patterns: bool = True) -> Any:
+        """A copy of a JSON-like value with every string (keys too) redacted."""
+        if isinstance(value, str):
+            return self.redact(value, patterns=patterns)
+        if isinstance(value, dict):
+            return {
+                self.redact(str(k), patterns=patterns) if isinstance(k, str) else k: self.redact_obj(
+                    v, patterns=patterns
+                )
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.redact_obj(v, patterns=patterns) for v in value]
+        return value
+
+
+def _mask_fragments(text: str, secret: str) -> str:
+    """Mask a secret's head at the end of `text` and its tail at the start (a truncated echo)."""
+    if len(secret) <= _MIN_FRAGMENT:
+        return text
+    for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
+        if text.endswith(secret[:size]):
+            text = text[: len(text) - size] + REDACTED
+            break
+    for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
+        if text.startswith(secret[-size:]):
+            text = REDACTED + text[size:]
+            break
+    return text
 
 
 def _mask(match: re.Match[str]) -> str:
@@ -46,3 +104,78 @@ def _mask(match: re.Match[str]) -> str:
     if prefix:
         return prefix + REDACTED
     return REDACTED
+
+
+def secrets_in_payload(payload: Any) -> list[str]:
+    """The keys a raw request carries (`config.api_key`, `connector.params.*key*`), before validation."""
+    found: list[str] = []
+    if not isinstance(payload, dict):
+        return found
+    config = payload.get("config")
+    if isinstance(config, dict) and isinstance(config.get("api_key"), str):
+        found.append(config["api_key"])
+    connector = payload.get("connector")
+    params = connector.get("params") if isinstance(connector, dict) else None
+    if isinstance(params, dict):
+        found += [v for k, v in params.items() if isinstance(v, str) and "key" in str(k).lower()]
+    return found
+
+
+_current: ContextVar[Redactor | None] = ContextVar("fair_runners_redactor", default=None)
+
+
+def use_redactor(redactor: Redactor | None) -> None:
+    """Make `redactor` the one log output and error envelopes use in this context (None: env keys only)."""
+    _current.set(redactor)
+
+
+def current_redactor() -> Redactor:
+    """The redactor of the run in progress, always including the secrets in env."""
+    env = Redactor()
+    env.add_env()
+    active = _current.get()
+    return env if active is None else active.merged(env)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks secrets in a record's message, arguments, extra fields and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactor = current_redactor()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg = redactor.redact(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            # Standard formatters print `exc_text` when `exc_info` is gone: the redacted traceback.
+            record.exc_text = redactor.redact(record.exc_text)
+            record.exc_info = None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD_ATTRS and isinstance(value, str | dict | list | tuple):
+                setattr(record, key, redactor.redact_obj(value))
+        return True
+
+
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def install_log_redaction(*handlers: logging.Handler) -> None:
+    """Add `RedactingFilter` to `handlers` and to every handler of the root logger (idempotent)."""
+    for handler in (*handlers, *logging.getLogger().handlers):
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
+def powertools_formatter() -> Any:
+    """A Powertools `LambdaPowertoolsFormatter` whose every output line is redacted (imported lazily)."""
+    from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+
+    class RedactingPowertoolsFormatter(LambdaPowertoolsFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return current_redactor().redact(super().format(record))
+
+    return RedactingPowertoolsFormatter()

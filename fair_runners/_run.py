@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from ._engine import Engine, EngineOptions
 from ._errors import InvalidRequest
 from ._events import Event, EventCallback, SessionFinished
-from ._redact import Redactor
+from ._limits import check_payload, check_request
+from ._netguard import check_url, guarded_transport
+from ._redact import Redactor, secrets_in_payload, use_redactor
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
 from ._timing import Deadline
@@ -57,7 +59,7 @@ class PreparedRun:
                 self._runner_args["params"],
                 timeout=timeout,
                 max_connections=self.options.max_concurrency,
-                transport=self.transport,
+                transport=self.transport or guarded_transport(self.options.max_concurrency + 4),
             )
         from .runners.alquimia import AlquimiaRunner
 
@@ -65,7 +67,7 @@ class PreparedRun:
             self._runner_args["target"],
             timeout=timeout,
             max_connections=self.options.max_concurrency,
-            transport=self.transport,
+            transport=self.transport or guarded_transport(self.options.max_concurrency + 4),
         )
 
 
@@ -76,6 +78,7 @@ def parse_request(payload: Any) -> RunRequest:
             "the request must be a JSON object",
             [{"loc": "", "msg": f"expected an object, got {type(payload).__name__}"}],
         )
+    check_payload(payload)
     try:
         return RunRequest.model_validate(payload)
     except ValidationError as exc:
@@ -139,12 +142,8 @@ def _prepare_alquimia(request: RunRequest, redactor: Redactor) -> dict[str, Any]
     if problems:
         raise InvalidRequest(f"incomplete Alquimia target: {problems[0]['loc']} is missing", problems)
     assert base_url and api_key and agent_id
-    if not base_url.startswith(("http://", "https://")):
-        raise InvalidRequest(
-            "config.base_url must be an http(s) URL",
-            [_missing("config.base_url", "must start with https://")],
-        )
     redactor.add(api_key)
+    check_url(base_url, "config.base_url")
     target = AlquimiaTarget(
         base_url=base_url,
         api_key=api_key,
@@ -162,7 +161,9 @@ def _prepare_llm(request: RunRequest, redactor: Redactor) -> dict[str, Any]:
     assert connector is not None
     spec = resolve_spec(connector.class_path)  # before any import
     params = dict(connector.params)
-    check_params(params)
+    if isinstance(params.get("api_key"), str):
+        redactor.add(params["api_key"])
+    check_params(spec, params)
     api_key = resolve_api_key(spec, params)
     if api_key:
         params["api_key"] = api_key
@@ -178,12 +179,15 @@ def prepare(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> PreparedRun:
     """Validate everything that needs no network; raise `InvalidRequest` naming the field."""
-    if not isinstance(request, RunRequest):
-        request = parse_request(request)
-    settings = settings or Settings.from_env()
     redactor = Redactor()
-    for key in ("ALQUIMIA_API_KEY", "LLM_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY"):
-        redactor.add(os.environ.get(key))
+    redactor.add_env()
+    use_redactor(redactor)  # log output and error envelopes of this run mask its keys
+    if not isinstance(request, RunRequest):
+        for secret in secrets_in_payload(request):
+            redactor.add(secret)
+        request = parse_request(request)
+    check_request(request)
+    settings = settings or Settings.from_env()
     warnings = [f"unknown key {key!r} ignored" for key in request.unknown_keys()]
     if request.mode == "llm":
         if request.config is not None:

@@ -17,17 +17,18 @@ from fair_runners import (
     Deadline,
     InternalError,
     InvalidRequest,
-    RunResult,
     Settings,
     TurnFinished,
     execute,
     prepare,
 )
 from fair_runners._events import Event
+from fair_runners._redact import current_redactor, install_log_redaction, powertools_formatter, use_redactor
 
 from .sources import Source, detect, http_payload, http_response
 
-logger = Logger(service="fair-runners")
+logger = Logger(service="fair-runners", logger_formatter=powertools_formatter())  # every line redacted
+install_log_redaction()  # and the root logger's handlers (engine, httpx, SDK loggers)
 metrics = Metrics(namespace="FairRunners", service="fair-runners")
 
 
@@ -57,7 +58,7 @@ def _record(event: Event) -> None:
             metrics.add_metric(name="TurnRetries", unit=MetricUnit.Count, value=record.attempts - 1)
 
 
-def _run(payload: Any, context: Any, source: Source) -> RunResult:
+def _run(payload: Any, context: Any, source: Source) -> dict[str, Any]:
     settings = Settings.from_env()
     prepared = prepare(payload, settings=settings)
     logger.append_keys(run_id=prepared.run_id, mode=prepared.request.mode)
@@ -73,7 +74,9 @@ def _run(payload: Any, context: Any, source: Source) -> RunResult:
     result = asyncio.run(execute(prepared, deadline=deadline, on_event=_record))
     metrics.add_metric(name="RunWallTime", unit=MetricUnit.Milliseconds, value=result.totals.wall_time_ms)
     logger.info("run finished", extra={"complete": result.complete, **result.totals.model_dump()})
-    return result
+    # A backend may echo a key inside an answer: mask the run's registered secrets everywhere.
+    body: dict[str, Any] = prepared.redactor.redact_obj(result.model_dump(mode="json"), patterns=False)
+    return body
 
 
 def _error_body(message: str, details: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
@@ -81,7 +84,8 @@ def _error_body(message: str, details: list[dict[str, Any]] | None = None, **ext
     if details:
         body["details"] = details
     body.update(extra)
-    return body
+    redacted: dict[str, Any] = current_redactor().redact_obj(body)
+    return redacted
 
 
 def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any]:
@@ -95,8 +99,7 @@ def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any
         return http_response(
             405, _error_body(f"{source.method} is not allowed on {path}: use POST"), request_id
         )
-    result = _run(http_payload(source), context, source)
-    return http_response(200, result.model_dump(mode="json"), request_id)
+    return http_response(200, _run(http_payload(source), context, source), request_id)
 
 
 @metrics.log_metrics
@@ -105,18 +108,23 @@ def lambda_handler(event: Any, context: Any) -> Any:
     request_id = str(getattr(context, "aws_request_id", "") or uuid.uuid4())
     logger.clear_state()  # keys of the previous (warm) invocation must not leak into this one
     logger.set_correlation_id(request_id)
+    use_redactor(None)  # the previous (warm) invocation's keys are not this one's
     source: Source | None = None
     try:
         source = detect(event)
         logger.append_keys(source=source.kind)
         if source.is_http:
             return _handle_http(source, context, request_id)
-        return _run(source.payload, context, source).model_dump(mode="json")
+        return _run(source.payload, context, source)
     except InvalidRequest as exc:
         logger.info("request rejected", extra={"error": exc.message, "status": exc.status_code})
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
         if source is not None and source.is_http:
             return http_response(exc.status_code, _error_body(exc.message, exc.details), request_id)
+        redactor = current_redactor()
+        exc.message = redactor.redact(exc.message)
+        exc.details = redactor.redact_obj(exc.details)
+        exc.args = (exc.message,)
         raise
     except ConfigurationError as exc:
         logger.error("deployment misconfigured", extra={"error": str(exc)})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fair_runners import InvalidRequest
+from fair_runners._limits import check_body, check_decoded_body
 
 SourceKind = Literal["http_v2", "function_url", "rest_v1", "map_batch", "direct"]
 
@@ -55,9 +56,13 @@ def _body(event: dict[str, Any]) -> str | None:
         return None
     if not isinstance(body, str):
         raise InvalidRequest("the HTTP body must be a string", [{"loc": "body", "msg": "not a string"}])
-    if event.get("isBase64Encoded") is True:
+    encoded = event.get("isBase64Encoded") is True
+    check_body(body, base64=encoded)  # before decoding or parsing anything
+    if encoded:
         try:
-            return base64.b64decode(body, validate=True).decode("utf-8")
+            decoded = base64.b64decode(body, validate=True).decode("utf-8")
+            check_decoded_body(decoded)
+            return decoded
         except (binascii.Error, ValueError):
             raise InvalidRequest(
                 "the body is marked base64 but is not valid base64 UTF-8",
@@ -117,7 +122,7 @@ def http_payload(source: Source) -> Any:
             "the request body is empty", [{"loc": "body", "msg": "a JSON object is required"}]
         )
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -125,6 +130,13 @@ def http_payload(source: Source) -> Any:
         ) from None
     except RecursionError:
         raise InvalidRequest("the body is nested too deeply", [{"loc": "body", "msg": "too deep"}]) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidRequest(
+        f"the body is not valid JSON: {name} is not a JSON value",
+        [{"loc": "body", "msg": f"invalid JSON: {name} (NaN/Infinity are not JSON)"}],
+    )
 
 
 def http_response(status: int, body: Any, request_id: str) -> dict[str, Any]:

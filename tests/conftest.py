@@ -44,6 +44,42 @@ def _no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_MAX_S", "0.5")
 
 
+# Names the fake resolver knows; any other name "does not resolve". No test ever asks real DNS.
+FAKE_DNS: dict[str, list[str]] = {
+    "public.test": ["93.184.215.14"],
+    "public6.test": ["2606:2800:21f:cb07:6820:80da:af6b:8b2c"],
+    "loopback.test": ["127.0.0.1"],
+    "loopback6.test": ["::1"],
+    "metadata.test": ["169.254.169.254"],
+    "metadata6.test": ["fd00:ec2::254"],
+    "private.test": ["10.0.0.7"],
+    "cgnat.test": ["100.64.1.2"],
+    "mapped.test": ["::ffff:127.0.0.1"],
+    "nat64.test": ["64:ff9b::a9fe:a9fe"],
+    "mixed.test": ["93.184.215.14", "10.1.2.3"],
+    "zero.test": ["0.0.0.0"],
+    "garbage.test": ["not-an-ip"],
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_real_dns(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """Replace the network guard's resolver: names resolve from `FAKE_DNS` (a copy tests may edit)."""
+    import socket as _socket
+
+    from fair_runners import _netguard
+
+    table = {name: list(addresses) for name, addresses in FAKE_DNS.items()}
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host in table:
+            return list(table[host])
+        raise _socket.gaierror(_socket.EAI_NONAME, "Name or service not known (fake resolver)")
+
+    monkeypatch.setattr(_netguard, "_resolve", resolve)
+    return table
+
+
 @pytest.fixture(scope="session")
 def _agent_server() -> Iterator[tuple[AlquimiaAgent, LoopbackServer]]:
     agent = AlquimiaAgent(api_key=ALQUIMIA_KEY)

@@ -6,7 +6,19 @@ import threading
 from dataclasses import dataclass
 from typing import Literal
 
-FaultKind = Literal["status", "hang", "drop", "malformed", "garbage_then_ok", "empty", "no_stream_id", "slow"]
+FaultKind = Literal[
+    "status",
+    "hang",
+    "drop",
+    "malformed",
+    "garbage_then_ok",
+    "empty",
+    "no_stream_id",
+    "slow",
+    "echo",
+    "redirect",
+    "echo_answer",
+]
 
 
 @dataclass
@@ -15,6 +27,9 @@ class Fault:
 
     `query` matches when it is a substring of the turn's query; `session_id` when equal. `phase` picks the
     Alquimia step (`infer` or `stream`); the OpenAI server has one step. `delay_s` is used by `slow`.
+    `echo` answers `status` with a body that repeats the request's headers (Authorization included) and
+    body, as a careless backend does; `echo_answer` puts the Authorization header in a successful answer;
+    `redirect` answers `status` (a 3xx) with `Location: location`.
     """
 
     kind: FaultKind
@@ -25,6 +40,7 @@ class Fault:
     times: int | None = 1
     phase: Literal["infer", "stream"] = "infer"
     delay_s: float = 0.0
+    location: str = "http://169.254.169.254/latest/meta-data/"
 
     def matches(self, query: str, session_id: str | None, phase: str) -> bool:
         """True when this rule applies to the request."""

@@ -95,8 +95,11 @@ class AlquimiaAgent:
         if not self._authorised(request):
             return JSONResponse({"detail": "invalid api key"}, status_code=401)
         fault = self.faults.take(query, session_id, "infer")
+        if fault is not None and fault.kind == "echo_answer":
+            query = f"{query} [auth: {request.headers.get('authorization')}]"
+            fault = None
         if fault is not None:
-            answer = await _apply_fault(fault)
+            answer = await _apply_fault(fault, request, body)
             if answer is not None:
                 return answer
         with self._lock:
@@ -125,8 +128,8 @@ class AlquimiaAgent:
         if pending is None:
             return JSONResponse({"detail": "unknown stream"}, status_code=404)
         fault = self.faults.take(pending.query, pending.session_id, "stream")
-        if fault is not None and fault.kind in ("status", "hang", "slow"):
-            refusal = await _apply_fault(fault)
+        if fault is not None and fault.kind in ("status", "hang", "slow", "echo", "redirect"):
+            refusal = await _apply_fault(fault, request, None)
             if refusal is not None:
                 return refusal
             fault = None
@@ -162,7 +165,12 @@ def _event(content: str) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-async def _apply_fault(fault: Fault) -> Response | None:
+async def _apply_fault(fault: Fault, request: Request, body: Any) -> Response | None:
+    if fault.kind == "echo":
+        echoed = {"error": "echo", "headers": dict(request.headers), "body": body}
+        return JSONResponse(echoed, status_code=fault.status)
+    if fault.kind == "redirect":
+        return Response(status_code=fault.status, headers={"Location": fault.location})
     if fault.kind == "status":
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
         return JSONResponse({"detail": f"injected {fault.status}"}, status_code=fault.status, headers=headers)

@@ -73,6 +73,15 @@ class OpenAICompatServer:
             return _error(400, "streaming is not supported by this test server", "invalid_request_error")
         fault = self.faults.take(query, None, "infer")
         if fault is not None:
+            if fault.kind == "echo":
+                auth = request.headers.get("authorization")
+                message = f"bad request with key {auth}: {dict(request.headers)} {json.dumps(body)}"
+                return _error(fault.status, message, "invalid_request_error")
+            if fault.kind == "redirect":
+                return Response(status_code=fault.status, headers={"Location": fault.location})
+            if fault.kind == "echo_answer":
+                answer = f"echo: {query} [auth: {request.headers.get('authorization')}]"
+                return JSONResponse(_completion(body, answer, next(self._ids)))
             if fault.kind == "status":
                 headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                 return _error(fault.status, f"injected {fault.status}", "server_error", headers)
