@@ -119,6 +119,7 @@ def _start_run(payload: Any) -> dict[str, Any]:
         return prepare(checked, settings=settings, credentials=credentials).warnings
 
     body = aws.start_run(payload, request, aws_settings, validate=validate)
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=0 if body.get("already_started") else 1)
     logger.info("run started on Step Functions", extra={"run_id": body["run_id"]})
     return {"status": 200 if body.get("already_started") else 202, "body": body}
 
@@ -141,6 +142,7 @@ def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any
         )
     if route == "GET /runs/{run_id}":
         run_id = path[len("/runs/") :]
+        metrics.add_metric(name="RunStatusReads", unit=MetricUnit.Count, value=1)
         return http_response(200, aws.describe_run(run_id, aws.AwsSettings.from_env()), request_id)
     payload = http_payload(source)
     aws_settings = aws.AwsSettings.from_env()
@@ -158,6 +160,7 @@ def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any
     )
     response = http_response(int(outcome["status"]), outcome["body"], request_id)
     if replayed:
+        metrics.add_metric(name="IdempotentReplays", unit=MetricUnit.Count, value=1)
         response["headers"]["Idempotent-Replayed"] = "true"
     return response
 
