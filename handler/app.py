@@ -119,7 +119,8 @@ def _start_run(payload: Any) -> dict[str, Any]:
         return prepare(checked, settings=settings, credentials=credentials).warnings
 
     body = aws.start_run(payload, request, aws_settings, validate=validate)
-    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=0 if body.get("already_started") else 1)
+    started = 0 if body.get("already_started") else 1
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=started)
     logger.info("run started on Step Functions", extra={"run_id": body["run_id"]})
     return {"status": 200 if body.get("already_started") else 202, "body": body}
 

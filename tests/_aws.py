@@ -1,4 +1,4 @@
-"""moto-backed AWS for the tests of the AWS layer: a results bucket, an idempotency table, the state machine."""
+"""moto-backed AWS for the AWS layer's tests: a results bucket, an idempotency table, the state machine."""
 
 from __future__ import annotations
 
@@ -108,7 +108,9 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, *, idempotency: bool = False) -> I
     use_clients(None)
 
 
-def http_event(method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+def http_event(
+    method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """An API Gateway HTTP API (payload 2.0) event."""
     return {
         "version": "2.0",

@@ -87,7 +87,7 @@ def test_post_runs_validates_like_post_run(agent: Any, aws: Aws) -> None:
 
 def test_same_run_id_does_not_start_twice(agent: Any, aws: Aws) -> None:
     request = {**alquimia_request(agent, make_datasets(2, 1)), "run_id": "once"}
-    first_status, first = _post_runs(request)
+    first_status, _ = _post_runs(request)
     again_status, again = _post_runs(request)
     assert first_status == 202 and again_status == 200
     assert again["already_started"] is True and again["run_id"] == "once" and again["status"] == "running"
@@ -95,7 +95,7 @@ def test_same_run_id_does_not_start_twice(agent: Any, aws: Aws) -> None:
 
 
 def test_get_run_running_succeeded_failed_and_unknown(agent: Any, aws: Aws) -> None:
-    _, started = _post_runs({**alquimia_request(agent, make_datasets(2, 1)), "run_id": "r-ok"})
+    _post_runs({**alquimia_request(agent, make_datasets(2, 1)), "run_id": "r-ok"})
     status, running = _get_run("r-ok")
     assert status == 200 and running["status"] == "running" and running["progress"] is None
     aws.put_json("runs/r-ok/result.json", {"datasets": []})
@@ -158,8 +158,16 @@ def test_progress_from_the_map_run(aws: Aws) -> None:
             },
             {"executionArn": arn},
         )
-        counts = {"pending": 500, "running": 100, "succeeded": 390, "failed": 10, "timedOut": 0,
-                  "aborted": 0, "total": 1000, "resultsWritten": 400}
+        counts = {
+            "pending": 500,
+            "running": 100,
+            "succeeded": 390,
+            "failed": 10,
+            "timedOut": 0,
+            "aborted": 0,
+            "total": 1000,
+            "resultsWritten": 400,
+        }
         stub.add_response(
             "describe_map_run",
             {
@@ -171,8 +179,14 @@ def test_progress_from_the_map_run(aws: Aws) -> None:
                 "toleratedFailurePercentage": 5.0,
                 "toleratedFailureCount": 0,
                 "itemCounts": counts,
-                "executionCounts": {**counts, "total": 40, "succeeded": 15, "failed": 1, "pending": 20,
-                                    "running": 4},
+                "executionCounts": {
+                    **counts,
+                    "total": 40,
+                    "succeeded": 15,
+                    "failed": 1,
+                    "pending": 20,
+                    "running": 4,
+                },
             },
             {"mapRunArn": map_run},
         )

@@ -75,7 +75,9 @@ def test_datasets_uri_errors_name_the_field_before_any_backend_call(agent: Any, 
     aws.put_json("invalid.json", [{"session_id": "x", "assistant_id": "b", "conversation": [{"qa_id": "q"}]}])
     cases[f"s3://{BUCKET}/invalid.json"] = "datasets.0.conversation.0.query"
     for uri, expected in cases.items():
-        response = lambda_handler(http_event("POST", "/run", {**base, "datasets_uri": uri}), FakeLambdaContext())
+        response = lambda_handler(
+            http_event("POST", "/run", {**base, "datasets_uri": uri}), FakeLambdaContext()
+        )
         status, body = answer(response)
         assert status == 400, body
         assert expected in json.dumps(body), (uri, body)
@@ -108,7 +110,9 @@ def _map_event(agent: Any, datasets: list[dict[str, Any]], **batch: Any) -> dict
 def test_map_batch_spills_at_256_kb(agent: Any, aws: Aws) -> None:
     limit = Channel.STATE.limit
     # Each session returns its query twice (input and echoed answer): ~2 * 30 KB per session.
-    small = lambda_handler(_map_event(agent, _long_datasets(3, 30_000)), FakeLambdaContext(request_id="r-small"))
+    small = lambda_handler(
+        _map_event(agent, _long_datasets(3, 30_000)), FakeLambdaContext(request_id="r-small")
+    )
     assert "datasets" in small and "result_uri" not in small
     assert encoded_size(small, Channel.STATE) <= limit
     big = lambda_handler(_map_event(agent, _long_datasets(5, 30_000)), FakeLambdaContext(request_id="r-big"))
@@ -156,8 +160,15 @@ def test_http_spill_keeps_the_envelope_under_6_mb() -> None:
             "summaries": [],
             "total_datasets": 4,
             "totals": {
-                "sessions": 4, "turns": 4, "successes": 4, "failures": 0, "skipped": 0,
-                "retries": 0, "input_tokens": 0, "output_tokens": 0, "wall_time_ms": 1.0,
+                "sessions": 4,
+                "turns": 4,
+                "successes": 4,
+                "failures": 0,
+                "skipped": 0,
+                "retries": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "wall_time_ms": 1.0,
             },
         }
     )
@@ -168,5 +179,7 @@ def test_http_spill_keeps_the_envelope_under_6_mb() -> None:
     # Under the limit nothing is written.
     result.datasets = result.datasets[:3]
     written.clear()
-    assert "datasets" in fit(result, Channel.HTTP, target=target, write=lambda at, d: written.update({at.uri: d}))
+    assert "datasets" in fit(
+        result, Channel.HTTP, target=target, write=lambda at, d: written.update({at.uri: d})
+    )
     assert written == {}

@@ -40,7 +40,9 @@ def test_alquimia_key_from_a_secret_store(
         aws.secretsmanager.create_secret(Name="prod/alquimia", SecretString=ALQUIMIA_KEY)
         monkeypatch.setenv("ALQUIMIA_API_KEY_SECRET", "prod/alquimia")
     elif where == "secretsmanager-json":
-        aws.secretsmanager.create_secret(Name="prod/keys", SecretString=json.dumps({"alquimia": ALQUIMIA_KEY}))
+        aws.secretsmanager.create_secret(
+            Name="prod/keys", SecretString=json.dumps({"alquimia": ALQUIMIA_KEY})
+        )
         monkeypatch.setenv("ALQUIMIA_API_KEY_SECRET", "prod/keys#alquimia")
     else:
         aws.ssm.put_parameter(Name="/fair-runners/alquimia", Value=ALQUIMIA_KEY, Type="SecureString")
@@ -74,7 +76,9 @@ def test_secret_values_are_cached_and_redacted(aws: Aws, monkeypatch: pytest.Mon
     assert prepared.redactor.redact("key=rotated-value-5678 here") == "key=*** here"
 
 
-def test_a_missing_secret_is_a_configuration_error(agent: Any, aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_secret_is_a_configuration_error(
+    agent: Any, aws: Aws, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ALQUIMIA_API_KEY_SECRET", "does/not/exist")
     with pytest.raises(ConfigurationError) as info:
         lambda_handler(_keyless_alquimia(agent), FakeLambdaContext())
@@ -100,7 +104,9 @@ def test_idempotency_key_replays_the_first_answer(agent: Any, aws_idem: Aws) -> 
     assert calls == 4 and len(agent.infer_requests()) == 4  # no second backend call
     assert json.loads(again["body"]) == json.loads(first["body"])
     assert again["headers"]["Idempotent-Replayed"] == "true"
-    other = http_event("POST", "/run", alquimia_request(agent, make_datasets(1, 1)), {"Idempotency-Key": "k-1"})
+    other = http_event(
+        "POST", "/run", alquimia_request(agent, make_datasets(1, 1)), {"Idempotency-Key": "k-1"}
+    )
     status, body = answer(lambda_handler(other, FakeLambdaContext()))
     assert status == 409 and "different request body" in body["error"]
 

@@ -42,8 +42,11 @@ def _path(document: dict[str, Any], path: str) -> Any:
 def configure(execution_input: dict[str, Any], asl: dict[str, Any]) -> dict[str, Any]:
     """The `Configure` Pass state: copy the input, evaluate States.StringToJson('<n>') settings."""
     params = asl["States"]["Configure"]["Parameters"]
-    state = {key[:-2]: _path(execution_input, value) for key, value in params.items() if key.endswith(".$")
-             and value.startswith("$.")}
+    state = {
+        key[:-2]: _path(execution_input, value)
+        for key, value in params.items()
+        if key.endswith(".$") and value.startswith("$.")
+    }
     state["started_at"] = datetime.now(UTC).isoformat()  # $$.Execution.StartTime
     settings = {}
     for key, expression in params["settings"].items():
@@ -72,8 +75,13 @@ def item_batches(items: list[Any], batcher: dict[str, Any], state: dict[str, Any
     return batches
 
 
-def run_map(aws: Aws, execution_input: dict[str, Any], *, fail_batches: set[int] = frozenset(),
-            records_per_file: int = 7) -> dict[str, Any]:
+def run_map(
+    aws: Aws,
+    execution_input: dict[str, Any],
+    *,
+    fail_batches: set[int] = frozenset(),
+    records_per_file: int = 7,
+) -> dict[str, Any]:
     """Run the state machine's Map locally and return the state the merge step receives."""
     asl = definition()
     state = configure(execution_input, asl)
@@ -96,8 +104,11 @@ def run_map(aws: Aws, execution_input: dict[str, Any], *, fail_batches: set[int]
         }
         payload = json.loads(json.dumps(child_input))  # the Task's Payload.$: "$"
         if index in fail_batches:
-            record.update(Status="FAILED", Error="Lambda.Unknown",
-                          Cause=json.dumps({"errorMessage": "the function crashed", "errorType": "Runtime"}))
+            record.update(
+                Status="FAILED",
+                Error="Lambda.Unknown",
+                Cause=json.dumps({"errorMessage": "the function crashed", "errorType": "Runtime"}),
+            )
         else:
             output = lambda_handler(payload, FakeLambdaContext(request_id=f"batch-{index}"))
             encoded = json.dumps(output)
@@ -120,10 +131,18 @@ def run_map(aws: Aws, execution_input: dict[str, Any], *, fail_batches: set[int]
             aws.s3.put_object(Bucket=bucket, Key=key, Body=body.encode())
             files[status].append({"Key": key, "Size": len(body)})
     manifest_key = f"{prefix}/{map_run_id}/manifest.json"
-    aws.put_json(manifest_key, {"DestinationBucket": bucket, "MapRunArn": f"{machine}:map", "ResultFiles": files},
-                 bucket=bucket)
-    return {**state, "map": {"MapRunArn": f"{machine}:map",
-                             "ResultWriterDetails": {"Bucket": bucket, "Key": manifest_key}}}
+    aws.put_json(
+        manifest_key,
+        {"DestinationBucket": bucket, "MapRunArn": f"{machine}:map", "ResultFiles": files},
+        bucket=bucket,
+    )
+    return {
+        **state,
+        "map": {
+            "MapRunArn": f"{machine}:map",
+            "ResultWriterDetails": {"Bucket": bucket, "Key": manifest_key},
+        },
+    }
 
 
 def _start(aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +155,9 @@ def _start(aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.timeout(300)
 def test_1000_datasets_nothing_lost_order_kept(agent: Any, aws: Aws) -> None:
     datasets = make_datasets(sessions=1000, turns=1, prefix="ds")
-    execution_input = _start(aws, {**alquimia_request(agent, datasets, max_concurrency=32), "run_id": "big-run"})
+    execution_input = _start(
+        aws, {**alquimia_request(agent, datasets, max_concurrency=32), "run_id": "big-run"}
+    )
     started = time.perf_counter()
     state = run_map(aws, execution_input)
     output = merge.lambda_handler(state, FakeLambdaContext(request_id="merge"))
@@ -186,8 +207,11 @@ def test_merge_marks_failed_batches_and_reads_spilled_results(agent: Any, aws: A
 
 
 def test_item_batcher_respects_bytes_and_count() -> None:
-    batcher = {"MaxItemsPerBatchPath": "$.settings.n", "MaxInputBytesPerBatch": 1000,
-               "BatchInput": {"request.$": "$.request"}}
+    batcher = {
+        "MaxItemsPerBatchPath": "$.settings.n",
+        "MaxInputBytesPerBatch": 1000,
+        "BatchInput": {"request.$": "$.request"},
+    }
     state = {"settings": {"n": 3}, "request": {"request_uri": "s3://b-1/r.json"}}
     items = [{"i": i, "pad": "x" * 300} for i in range(7)]
     batches = item_batches(items, batcher, state)
