@@ -183,3 +183,18 @@ def test_http_spill_keeps_the_envelope_under_6_mb() -> None:
         result, Channel.HTTP, target=target, write=lambda at, d: written.update({at.uri: d})
     )
     assert written == {}
+
+
+def test_importing_the_library_and_handler_imports_no_boto3() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fair_runners, fair_runners.aws\n"
+        "assert 'boto3' not in sys.modules and 'botocore' not in sys.modules, 'AWS SDK imported eagerly'\n"
+        "import handler.app, handler.merge\n"  # Powertools itself pulls in botocore, but not boto3
+        "assert 'boto3' not in sys.modules, 'boto3 imported eagerly'\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parent.parent)
+    )
