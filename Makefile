@@ -4,7 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck unit bench setup setup-dev clean
+SAM_VENV ?= .tools/sam-venv
+SAM := $(SAM_VENV)/bin/sam
+LAMBDA_PLATFORM ?= manylinux2014_x86_64
+
+.PHONY: demo test lint typecheck unit bench setup setup-dev clean sam-cli build-RunnerFunction build-MergeFunction
 
 $(VENV)/.ok-local: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +39,26 @@ lint: $(VENV)/.ok-dev
 typecheck: $(VENV)/.ok-dev
 	$(VENV)/bin/mypy
 
-unit: $(VENV)/.ok-dev
+unit: $(VENV)/.ok-dev sam-cli
 	$(PY) -m pytest
 
+## AWS SAM CLI in its own virtualenv (its pins clash with the app's); cached in .tools/ (gitignored).
+$(SAM_VENV)/.ok:
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install -q "aws-sam-cli>=1.120"
+	touch $@
+
+sam-cli: $(SAM_VENV)/.ok
+
+## `sam build` (BuildMethod: makefile) calls these with ARTIFACTS_DIR: the code plus Lambda-platform wheels.
+build-RunnerFunction build-MergeFunction:
+	@test -n "$(ARTIFACTS_DIR)" || (echo "ARTIFACTS_DIR is not set: run sam build" && exit 2)
+	cp -R fair_runners handler "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)/fair_runners" "$(ARTIFACTS_DIR)/handler" -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt \
+		--target "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM) --implementation cp \
+		--python-version 3.11 --only-binary=:all: --upgrade
+
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .tools

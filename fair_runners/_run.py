@@ -122,13 +122,15 @@ def _missing(loc: str, msg: str) -> dict[str, str]:
     return {"loc": loc, "msg": msg}
 
 
-def _prepare_alquimia(request: RunRequest, redactor: Redactor) -> dict[str, Any]:
+def _prepare_alquimia(
+    request: RunRequest, redactor: Redactor, credentials: Mapping[str, str]
+) -> dict[str, Any]:
     from .runners.alquimia import AlquimiaTarget
 
     config = request.config
     base_url = (config.base_url if config else None) or os.environ.get("ALQUIMIA_BASE_URL")
     secret = config.api_key.get_secret_value() if config and config.api_key else None
-    api_key = secret or os.environ.get("ALQUIMIA_API_KEY")
+    api_key = secret or credentials.get("ALQUIMIA_API_KEY") or os.environ.get("ALQUIMIA_API_KEY")
     agent_id = config.agent_id if config else None
     problems = []
     if config is None:
@@ -154,7 +156,7 @@ def _prepare_alquimia(request: RunRequest, redactor: Redactor) -> dict[str, Any]
     return {"target": target}
 
 
-def _prepare_llm(request: RunRequest, redactor: Redactor) -> dict[str, Any]:
+def _prepare_llm(request: RunRequest, redactor: Redactor, credentials: Mapping[str, str]) -> dict[str, Any]:
     from ._connectors import check_params, load_chat_model_class, resolve_api_key, resolve_spec
 
     connector = request.connector
@@ -164,6 +166,8 @@ def _prepare_llm(request: RunRequest, redactor: Redactor) -> dict[str, Any]:
     if isinstance(params.get("api_key"), str):
         redactor.add(params["api_key"])
     check_params(spec, params)
+    if params.get("api_key") in (None, "") and credentials.get("LLM_API_KEY"):
+        params["api_key"] = credentials["LLM_API_KEY"]
     api_key = resolve_api_key(spec, params)
     if api_key:
         params["api_key"] = api_key
@@ -177,24 +181,38 @@ def prepare(
     *,
     settings: Settings | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    credentials: Mapping[str, str] | None = None,
 ) -> PreparedRun:
-    """Validate everything that needs no network; raise `InvalidRequest` naming the field."""
+    """Validate everything that needs no network; raise `InvalidRequest` naming the field.
+
+    `credentials` are deployment keys read from a secret store (`ALQUIMIA_API_KEY`, `LLM_API_KEY`): they
+    rank after a key in the payload and before the env variable of the same name, and are redacted.
+    """
     redactor = Redactor()
     redactor.add_env()
     use_redactor(redactor)  # log output and error envelopes of this run mask its keys
+    credentials = dict(credentials or {})
+    for value in credentials.values():
+        redactor.add(value)
     if not isinstance(request, RunRequest):
         for secret in secrets_in_payload(request):
             redactor.add(secret)
         request = parse_request(request)
+    if not request.datasets:
+        raise InvalidRequest(
+            "datasets_uri must be resolved before running: the AWS layer reads it "
+            "(fair_runners.aws.load_request), the library alone does not read S3",
+            [{"loc": "datasets_uri", "msg": "not read: use the Lambda or fair_runners.aws.load_request"}],
+        )
     check_request(request)
     settings = settings or Settings.from_env()
     warnings = [f"unknown key {key!r} ignored" for key in request.unknown_keys()]
     if request.mode == "llm":
         if request.config is not None:
             warnings.append("both `connector` and `config` were given: `connector` wins (LLM mode)")
-        runner_args = _prepare_llm(request, redactor)
+        runner_args = _prepare_llm(request, redactor, credentials)
     else:
-        runner_args = _prepare_alquimia(request, redactor)
+        runner_args = _prepare_alquimia(request, redactor, credentials)
     return PreparedRun(
         request=request,
         options=_resolve_options(request, settings),

@@ -8,11 +8,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 TurnStatus = Literal["ok", "error", "skipped", "kept"]
 
 _ERROR_PREFIX = "[ERROR] "
+# s3://bucket/key (an object) and s3://bucket/ or s3://bucket/prefix/ (a place to write).
+_S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+_S3_OBJECT_URI = rf"^s3://{_S3_BUCKET}/[^\s]+$"
+_S3_PREFIX_URI = rf"^s3://{_S3_BUCKET}(/[^\s]*)?$"
 
 
 class Batch(BaseModel):
@@ -91,7 +103,10 @@ class RunRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    datasets: list[Dataset] = Field(min_length=1)
+    # Declared before `datasets` so the `datasets` validator can see it (exactly one of the two is required).
+    datasets_uri: str | None = Field(default=None, pattern=_S3_OBJECT_URI)
+    datasets: list[Dataset] = Field(default_factory=list, validate_default=True)
+    output_uri: str | None = Field(default=None, pattern=_S3_PREFIX_URI)
     config: AlquimiaConfig | None = None
     connector: ConnectorConfig | None = None
     options: RunOptions = Field(default_factory=RunOptions)
@@ -99,7 +114,18 @@ class RunRequest(BaseModel):
 
     @field_validator("datasets")
     @classmethod
-    def _unique_sessions(cls, datasets: list[Dataset]) -> list[Dataset]:
+    def _unique_sessions(cls, datasets: list[Dataset], info: ValidationInfo) -> list[Dataset]:
+        uri = info.data.get("datasets_uri")
+        if uri and datasets:
+            raise ValueError(
+                "give either `datasets` or `datasets_uri`, not both "
+                "(datasets_uri names an S3 file holding the datasets)"
+            )
+        if not uri and not datasets:
+            raise ValueError(
+                "required: a non-empty list of datasets, or `datasets_uri` "
+                "(s3://bucket/key of a JSON array or JSONL file of datasets)"
+            )
         seen: set[str] = set()
         for index, dataset in enumerate(datasets):
             if dataset.session_id in seen:

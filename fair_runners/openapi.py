@@ -41,23 +41,51 @@ class ErrorBody(BaseModel):
     request_id: str | None = None
 
 
-class RunAccepted(BaseModel):
-    """`POST /runs`: the run was accepted and will execute asynchronously."""
+class MapProgress(BaseModel):
+    """Item and batch counts of a running run's Distributed Map (from Step Functions)."""
 
-    run_id: str
-    status: Literal["queued", "running"]
-    status_url: str | None = None
+    datasets_total: int
+    datasets_succeeded: int
+    datasets_failed: int
+    datasets_running: int
+    datasets_pending: int
+    batches_total: int
+    batches_succeeded: int
+    batches_failed: int
+    percent: float
 
 
 class RunStatus(BaseModel):
     """`GET /runs/{run_id}`: where an asynchronous run stands, and its totals once finished."""
 
+    model_config = ConfigDict(extra="forbid")
+
+    success: bool = True
     run_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["running", "succeeded", "failed"]
+    execution_status: str | None = None
+    started_at: str | None = None
+    stopped_at: str | None = None
+    status_url: str | None = None
+    progress: MapProgress | None = None
     complete: bool | None = None
+    total_datasets: int | None = None
     totals: RunTotals | None = None
+    failed_batches: int | None = Field(default=None, description="Map batches that failed")
+    missing_sessions: int | None = Field(default=None, description="sessions with no result")
+    result_uri: str | None = None
     result_url: str | None = None
+    result_url_expires_in_s: int | None = None
     error: str | None = None
+    cause: str | None = None
+
+
+class RunAccepted(RunStatus):
+    """`POST /runs`: 202 when started; 200 with `already_started` when that run id already exists."""
+
+    execution_arn: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    already_started: bool | None = None
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -101,7 +129,9 @@ def build() -> dict[str, Any]:
             "The request is invalid (bad JSON, a bad field, a refused URL, class path or parameter)."
         ),
         "413": _error("The request is over a deployment limit (named in `error`)."),
+        "409": _error("The Idempotency-Key was reused with another body, or its first call is running."),
         "500": _error("A bug or a deployment misconfiguration; carries a request id only."),
+        "503": _error("An AWS service (S3, DynamoDB, Step Functions) failed transiently: retry."),
     }
     run_id = {
         "name": "run_id",
@@ -145,6 +175,10 @@ def build() -> dict[str, Any]:
                             "description": "Accepted; poll `GET /runs/{run_id}`.",
                             "content": {"application/json": {"schema": ref(RunAccepted, "serialization")}},
                         },
+                        "200": {
+                            "description": "A run with this run id exists already (`already_started`).",
+                            "content": {"application/json": {"schema": ref(RunAccepted, "serialization")}},
+                        },
                         **common,
                     },
                 }
@@ -161,6 +195,7 @@ def build() -> dict[str, Any]:
                         },
                         "404": _error("No run with this id."),
                         "500": common["500"],
+                        "503": common["503"],
                     },
                 }
             },

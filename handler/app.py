@@ -17,8 +17,11 @@ from fair_runners import (
     Deadline,
     InternalError,
     InvalidRequest,
+    RunRequest,
+    RunResult,
     Settings,
     TurnFinished,
+    aws,
     execute,
     prepare,
 )
@@ -58,10 +61,23 @@ def _record(event: Event) -> None:
             metrics.add_metric(name="TurnRetries", unit=MetricUnit.Count, value=record.attempts - 1)
 
 
-def _run(payload: Any, context: Any, source: Source) -> dict[str, Any]:
+def _run(
+    payload: Any,
+    context: Any,
+    source: Source,
+    *,
+    channel: aws.Channel,
+    part: str = "result",
+    idempotent: bool = False,
+) -> dict[str, Any]:
     settings = Settings.from_env()
-    prepared = prepare(payload, settings=settings)
+    aws_settings = aws.AwsSettings.from_env()
+    request = aws.load_request(payload, aws_settings)  # reads datasets_uri / request_uri from S3
+    credentials = aws.resolve_credentials(request, aws_settings)  # deployment keys from secret stores
+    prepared = prepare(request, settings=settings, credentials=credentials)
     logger.append_keys(run_id=prepared.run_id, mode=prepared.request.mode)
+    spill_to = aws.destination(prepared.request, aws_settings, prepared.run_id, part)
+    aws.check_fits(prepared.request, channel, can_spill=spill_to is not None, idempotent=idempotent)
     deadline = _deadline(context, source, settings)
     logger.info(
         "run started",
@@ -71,12 +87,22 @@ def _run(payload: Any, context: Any, source: Source) -> dict[str, Any]:
             "deadline_s": None if deadline.at is None else round(deadline.remaining(), 3),
         },
     )
-    result = asyncio.run(execute(prepared, deadline=deadline, on_event=_record))
+    result: RunResult = asyncio.run(execute(prepared, deadline=deadline, on_event=_record))
     metrics.add_metric(name="RunWallTime", unit=MetricUnit.Milliseconds, value=result.totals.wall_time_ms)
     logger.info("run finished", extra={"complete": result.complete, **result.totals.model_dump()})
-    # A backend may echo a key inside an answer: mask the run's registered secrets everywhere.
+    # A backend may echo a key inside an answer: mask the run's registered secrets everywhere (the copy
+    # spilled to S3 included).
     body: dict[str, Any] = prepared.redactor.redact_obj(result.model_dump(mode="json"), patterns=False)
-    return body
+    answer = aws.fit(
+        body,
+        channel,
+        target=spill_to,
+        write=lambda at, data: aws.write_json(aws.clients(), at, data),
+        idempotent=idempotent,
+    )
+    if "result_uri" in answer:
+        logger.info("result written to S3", extra={"result_uri": answer["result_uri"]})
+    return answer
 
 
 def _error_body(message: str, details: list[dict[str, Any]] | None = None, **extra: Any) -> dict[str, Any]:
@@ -88,18 +114,62 @@ def _error_body(message: str, details: list[dict[str, Any]] | None = None, **ext
     return redacted
 
 
+def _start_run(payload: Any) -> dict[str, Any]:
+    """`POST /runs`: the same validation as `POST /run` (no backend call), then start the state machine."""
+    settings = Settings.from_env()
+    aws_settings = aws.AwsSettings.from_env()
+    request = aws.load_request(payload, aws_settings)
+
+    def validate(checked: RunRequest) -> list[str]:
+        credentials = aws.resolve_credentials(checked, aws_settings)
+        return prepare(checked, settings=settings, credentials=credentials).warnings
+
+    body = aws.start_run(payload, request, aws_settings, validate=validate)
+    started = 0 if body.get("already_started") else 1
+    metrics.add_metric(name="RunsStarted", unit=MetricUnit.Count, value=started)
+    logger.info("run started on Step Functions", extra={"run_id": body["run_id"]})
+    return {"status": 200 if body.get("already_started") else 202, "body": body}
+
+
 def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any]:
     path = source.path.rstrip("/") or "/"
-    allowed_paths = ("/run", "/") if source.kind == "function_url" else ("/run",)
-    if path not in allowed_paths or source.method != "POST":
+    method = source.method
+    if path == "/runs" or path.startswith("/runs/"):
+        route = "POST /runs" if path == "/runs" else "GET /runs/{run_id}"
+        allowed = "POST" if path == "/runs" else "GET"
+    elif path == "/run" or (path == "/" and source.kind == "function_url"):
+        route, allowed = "POST /run", "POST"
+    else:
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
-    if path not in allowed_paths:
-        return http_response(404, _error_body(f"no route for {source.method} {source.path}"), request_id)
-    if source.method != "POST":
+        return http_response(404, _error_body(f"no route for {method} {source.path}"), request_id)
+    if method != allowed:
+        metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
         return http_response(
-            405, _error_body(f"{source.method} is not allowed on {path}: use POST"), request_id
+            405, _error_body(f"{method} is not allowed on {path}: use {allowed}"), request_id
         )
-    return http_response(200, _run(http_payload(source), context, source), request_id)
+    if route == "GET /runs/{run_id}":
+        run_id = path[len("/runs/") :]
+        metrics.add_metric(name="RunStatusReads", unit=MetricUnit.Count, value=1)
+        return http_response(200, aws.describe_run(run_id, aws.AwsSettings.from_env()), request_id)
+    payload = http_payload(source)
+    aws_settings = aws.AwsSettings.from_env()
+    key = aws.idempotency_key(source.headers, payload)
+    idempotent = bool(key and aws_settings.idempotency_table)
+
+    def work() -> dict[str, Any]:
+        if route == "POST /runs":
+            return _start_run(payload)
+        answer = _run(payload, context, source, channel=aws.Channel.HTTP, idempotent=idempotent)
+        return {"status": 200, "body": answer}
+
+    outcome, replayed = aws.once(
+        work, key=key, route=route, payload=payload, context=context, settings=aws_settings
+    )
+    response = http_response(int(outcome["status"]), outcome["body"], request_id)
+    if replayed:
+        metrics.add_metric(name="IdempotentReplays", unit=MetricUnit.Count, value=1)
+        response["headers"]["Idempotent-Replayed"] = "true"
+    return response
 
 
 @metrics.log_metrics
@@ -115,7 +185,11 @@ def lambda_handler(event: Any, context: Any) -> Any:
         logger.append_keys(source=source.kind)
         if source.is_http:
             return _handle_http(source, context, request_id)
-        return _run(source.payload, context, source)
+        if source.kind == "map_batch":
+            return _run(
+                source.payload, context, source, channel=aws.Channel.STATE, part=f"batches/{request_id}"
+            )
+        return _run(source.payload, context, source, channel=aws.Channel.INVOKE)
     except InvalidRequest as exc:
         logger.info("request rejected", extra={"error": exc.message, "status": exc.status_code})
         metrics.add_metric(name="RequestsRejected", unit=MetricUnit.Count, value=1)
@@ -125,6 +199,12 @@ def lambda_handler(event: Any, context: Any) -> Any:
         exc.message = redactor.redact(exc.message)
         exc.details = redactor.redact_obj(exc.details)
         exc.args = (exc.message,)
+        raise
+    except aws.AwsServiceUnavailable as exc:
+        logger.warning("AWS service unavailable", extra={"error": str(exc)})
+        metrics.add_metric(name="RequestsFailed", unit=MetricUnit.Count, value=1)
+        if source is not None and source.is_http:
+            return http_response(503, _error_body(str(exc), request_id=request_id), request_id)
         raise
     except ConfigurationError as exc:
         logger.error("deployment misconfigured", extra={"error": str(exc)})

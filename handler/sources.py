@@ -4,7 +4,7 @@
 |------------------------------------------|-------------------------------------------------|
 | API Gateway HTTP API (2.0), Function URL | `version == "2.0"` and `requestContext.http`    |
 | API Gateway REST API (v1 proxy)          | `httpMethod`                                    |
-| Step Functions Distributed Map batch     | `Items` (+ optional `BatchInput`)               |
+| Step Functions Distributed Map batch     | `Items` (+ optional `BatchInput`, flat or under `request`) |
 | Direct invoke                            | anything else: the event is the request         |
 """
 
@@ -94,7 +94,7 @@ def detect(event: Any) -> Source:
             return Source(
                 kind="rest_v1",
                 method=str(event.get("httpMethod", "")).upper(),
-                path=str(event.get("resource") or event.get("path") or "/"),
+                path=str(event.get("path") or event.get("resource") or "/"),
                 headers=_headers(event.get("headers")),
                 payload=event,
             )
@@ -109,6 +109,10 @@ def detect(event: Any) -> Source:
                 raise InvalidRequest(
                     "BatchInput must be an object", [{"loc": "BatchInput", "msg": "not an object"}]
                 )
+            # The state machine nests the request under `request` (often just `{"request_uri": ...}`).
+            nested = batch_input.get("request")
+            if isinstance(nested, dict):
+                batch_input = {**{k: v for k, v in batch_input.items() if k != "request"}, **nested}
             return Source(kind="map_batch", payload={**batch_input, "datasets": items})
     return Source(kind="direct", payload=event)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import httpcore
@@ -29,6 +29,7 @@ from fair_runners import _netguard
 from fair_runners.openapi import build
 from handler.app import lambda_handler
 
+from ._aws import moto_aws
 from .conftest import FakeLambdaContext
 
 EXAMPLES = int(300 * float(os.environ.get("FAIR_RUNNERS_FUZZ_SCALE", "1")))
@@ -66,7 +67,8 @@ def wsgi_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable
 
 
 @pytest.fixture(autouse=True)
-def _sealed(monkeypatch: pytest.MonkeyPatch) -> None:
+def _sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No backend and no AWS: connections refused, S3 is moto's (empty: `datasets_uri` reads are 4xx)."""
     monkeypatch.delenv("FAIR_RUNNERS_ALLOWED_HOSTS", raising=False)
     monkeypatch.setenv("FAIR_RUNNERS_MAX_ATTEMPTS", "1")
 
@@ -74,6 +76,7 @@ def _sealed(monkeypatch: pytest.MonkeyPatch) -> None:
         raise httpcore.ConnectError("schemathesis: no connections")
 
     monkeypatch.setattr(_netguard.GuardedBackend, "connect_tcp", refuse)
+    yield from moto_aws(monkeypatch)
 
 
 schema = schemathesis.openapi.from_dict(build())

@@ -22,10 +22,11 @@ def test_document_shape() -> None:
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {"/run", "/runs", "/runs/{run_id}"}
     run = doc["paths"]["/run"]["post"]
-    assert set(run["responses"]) == {"200", "400", "413", "500"}
+    assert set(run["responses"]) == {"200", "400", "409", "413", "500", "503"}
     assert doc["paths"]["/runs"]["post"]["responses"]["202"]
     schemas = doc["components"]["schemas"]
-    assert schemas["RunRequest"]["required"] == ["datasets"]
+    # Exactly one of `datasets` / `datasets_uri` is required: checked by the model, not the schema.
+    assert {"datasets", "datasets_uri"} <= set(schemas["RunRequest"]["properties"])
     assert set(RunResult.model_fields) <= set(schemas["RunResult"]["properties"])
     assert set(RunRequest.model_fields) <= set(schemas["RunRequest"]["properties"])
     # Every $ref resolves.
