@@ -187,7 +187,11 @@ class Engine:
                 refused = AuthenticationFailed(f"not sent: {self.circuit.reason}")
                 self._set_error(session, index, refused, attempts, None, retry_wait * 1000)
                 return
-            await self.limiter.acquire()
+            if not await self._acquire():
+                return  # the deadline came while waiting for a slot or a backend-wide pause
+            if self.circuit.open:  # tripped while this turn waited for its slot
+                self.limiter.release()
+                continue
             budget = min(timeout_s, self.deadline.remaining())
             if budget <= 0:
                 self.limiter.release()
@@ -240,6 +244,20 @@ class Engine:
             )
             await asyncio.sleep(delay)
             retry_wait += delay
+
+    async def _acquire(self) -> bool:
+        """Take a limiter slot, waiting no later than the deadline; False when the deadline came first."""
+        remaining = self.deadline.remaining()
+        if remaining == float("inf"):
+            await self.limiter.acquire()
+            return True
+        try:
+            async with asyncio.timeout(remaining):
+                await self.limiter.acquire()
+        except TimeoutError:
+            self.deadline_hit = True
+            return False
+        return True
 
     def _set_ok(
         self,

@@ -89,7 +89,8 @@ def parse_request(payload: Any) -> RunRequest:
 
 def _resolve_options(request: RunRequest, settings: Settings) -> EngineOptions:
     options = request.options
-    concurrency = options.max_concurrency or settings.max_concurrency
+    # The deployment default never exceeds the cap; only a value the caller sent can be refused.
+    concurrency = options.max_concurrency or min(settings.max_concurrency, settings.max_concurrency_cap)
     if concurrency > settings.max_concurrency_cap:
         raise InvalidRequest(
             f"options.max_concurrency is over this deployment's cap of {settings.max_concurrency_cap}",
@@ -97,7 +98,7 @@ def _resolve_options(request: RunRequest, settings: Settings) -> EngineOptions:
                 {
                     "loc": "options.max_concurrency",
                     "msg": f"must be <= {settings.max_concurrency_cap} "
-                    "(env FAIR_RUNNERS_MAX_CONCURRENCY_CAP), got {concurrency}",
+                    f"(env FAIR_RUNNERS_MAX_CONCURRENCY_CAP), got {concurrency}",
                 }
             ],
         )
