@@ -8,7 +8,7 @@ from typing import Any
 
 
 class Counting:
-    """Wraps an ASGI app; records client sockets (one per TCP connection) and the peak of requests in flight."""
+    """Wraps an ASGI app; records client sockets (one per TCP connection) and peak requests in flight."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -1,4 +1,4 @@
-"""The Alquimia runner against the real loopback agent: protocol, ordering, connection reuse, turn failures."""
+"""The Alquimia runner against the real loopback agent: protocol, order, connection reuse, failures."""
 
 from __future__ import annotations
 
