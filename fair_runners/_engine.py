@@ -69,6 +69,7 @@ class _Session:
     started: float | None = None
     finished: float | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
+    result: tuple[Dataset, SessionSummary] | None = None
 
 
 class Engine:
@@ -311,14 +312,14 @@ class Engine:
 
     def _finish_session(self, session: _Session) -> None:
         self._finished.add(session.index)
-        dataset, summary = _summarise(session)
-        self._emit(SessionFinished(session.index, dataset, summary))
+        session.result = _summarise(session)
+        self._emit(SessionFinished(session.index, *session.result))
 
     def _outcome(self, sessions: list[_Session], wall_ms: float) -> EngineOutcome:
         datasets: list[Dataset] = []
         summaries: list[SessionSummary] = []
         for session in sessions:
-            dataset, summary = _summarise(session)
+            dataset, summary = session.result or _summarise(session)
             datasets.append(dataset)
             summaries.append(summary)
         skipped = sum(s.skipped for s in summaries)

@@ -12,9 +12,8 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import ValidationError
 
 from ._engine import Engine, EngineOptions
@@ -25,6 +24,9 @@ from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
 from ._timing import Deadline
 from .runners._base import Runner
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass
@@ -37,22 +39,22 @@ class PreparedRun:
     redactor: Redactor
     warnings: list[str]
     settings: Settings
+    # An httpx transport for the LLM runner's provider client (tests); the Alquimia runner uses aiohttp.
     transport: httpx.AsyncBaseTransport | None = None
     _runner_args: dict[str, Any] = field(default_factory=dict)
 
     def build_runner(self) -> Runner:
         """A fresh runner for one event loop (create inside the loop, use with `async with`)."""
-        timeout = httpx.Timeout(
-            self.options.turn_timeout_s,
-            connect=min(self.settings.connect_timeout_s, self.options.turn_timeout_s),
-        )
+        connect_s = min(self.settings.connect_timeout_s, self.options.turn_timeout_s)
         if self.request.mode == "llm":
+            import httpx
+
             from .runners.llm import LLMRunner
 
             return LLMRunner(
                 self._runner_args["model_class"],
                 self._runner_args["params"],
-                timeout=timeout,
+                timeout=httpx.Timeout(self.options.turn_timeout_s, connect=connect_s),
                 max_connections=self.options.max_concurrency,
                 transport=self.transport,
             )
@@ -60,9 +62,9 @@ class PreparedRun:
 
         return AlquimiaRunner(
             self._runner_args["target"],
-            timeout=timeout,
+            timeout_s=self.options.turn_timeout_s,
+            connect_timeout_s=connect_s,
             max_connections=self.options.max_concurrency,
-            transport=self.transport,
         )
 
 
