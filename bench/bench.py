@@ -102,6 +102,7 @@ def measure(mode: str, url: str, sessions: int, turns: int, concurrency: int) ->
     """One workload through `lambda_handler` in a fresh process."""
     cmd = [sys.executable, str(BENCH / "_measure.py"), "--mode", mode, "--url", url]
     cmd += ["--sessions", str(sessions), "--turns", str(turns), "--concurrency", str(concurrency)]
+    cmd += ["--provider", "groq"]  # the class the baseline virtualenv has too (alquimia-fair-forge needs it)
     return _json_line(cmd)
 
 
