@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: demo test lint typecheck unit bench setup setup-dev clean
+.PHONY: demo test lint typecheck unit bench bench-setup setup setup-dev clean
 
 $(VENV)/.ok-local: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,5 +38,13 @@ typecheck: $(VENV)/.ok-dev
 unit: $(VENV)/.ok-dev
 	$(PY) -m pytest
 
+## Benchmark (not a test): speed vs the sequential Fair-Forge baseline, CPU and RSS, cold start.
+## Writes .bench/results.json; the baseline gets its own virtualenv in .bench/ (bench-setup, or on first run).
+bench: $(VENV)/.ok-local
+	$(PY) bench/bench.py
+
+bench-setup: $(VENV)/.ok-local
+	$(PY) bench/bench.py --setup-only
+
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .bench
