@@ -59,7 +59,7 @@ class LLMRunner:
         )
         # aiohttp under the provider's httpx API: httpx's own pool costs milliseconds of CPU per request once
         # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not.
-        transport = self._transport or AiohttpTransport(limits=limits, trust_env=False)
+        transport = self._transport or AiohttpTransport(limits=limits)
         self._http = httpx.AsyncClient(
             timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False
         )
