@@ -8,7 +8,7 @@ SAM_VENV ?= .tools/sam-venv
 SAM := $(SAM_VENV)/bin/sam
 LAMBDA_PLATFORM ?= manylinux2014_x86_64
 
-.PHONY: demo test lint typecheck unit bench setup setup-dev clean sam-cli build-RunnerFunction build-MergeFunction
+.PHONY: demo test lint typecheck unit bench bench-setup setup setup-dev clean sam-cli build-RunnerFunction build-MergeFunction
 
 $(VENV)/.ok-local: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,5 +60,13 @@ build-RunnerFunction build-MergeFunction:
 		--target "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM) --implementation cp \
 		--python-version 3.11 --only-binary=:all: --upgrade
 
+## Benchmark (not a test): speed vs the sequential Fair-Forge baseline, CPU and RSS, cold start.
+## Writes .bench/results.json; the baseline gets its own virtualenv in .bench/ (bench-setup, or on first run).
+bench: $(VENV)/.ok-local
+	$(PY) bench/bench.py
+
+bench-setup: $(VENV)/.ok-local
+	$(PY) bench/bench.py --setup-only
+
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .tools
+	rm -rf $(VENV) .aws-sam .pytest_cache .mypy_cache .ruff_cache .tools .bench

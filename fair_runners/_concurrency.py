@@ -41,8 +41,8 @@ class AdaptiveLimiter:
                 await future  # a releaser hands its slot over by resolving the future
             except asyncio.CancelledError:
                 if future.done() and not future.cancelled():
-                    self.release()
-                else:
+                    self.release()  # the slot was handed over just before the cancel: pass it on
+                elif future in self._waiters:  # `_wake` may already have dropped a cancelled future
                     self._waiters.remove(future)
                 raise
         try:

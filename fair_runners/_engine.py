@@ -69,6 +69,7 @@ class _Session:
     started: float | None = None
     finished: float | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
+    result: tuple[Dataset, SessionSummary] | None = None
 
 
 class Engine:
@@ -187,7 +188,11 @@ class Engine:
                 refused = AuthenticationFailed(f"not sent: {self.circuit.reason}")
                 self._set_error(session, index, refused, attempts, None, retry_wait * 1000)
                 return
-            await self.limiter.acquire()
+            if not await self._acquire():
+                return  # the deadline came while waiting for a slot or a backend-wide pause
+            if self.circuit.open:  # tripped while this turn waited for its slot
+                self.limiter.release()
+                continue
             budget = min(timeout_s, self.deadline.remaining())
             if budget <= 0:
                 self.limiter.release()
@@ -241,6 +246,20 @@ class Engine:
             await asyncio.sleep(delay)
             retry_wait += delay
 
+    async def _acquire(self) -> bool:
+        """Take a limiter slot, waiting no later than the deadline; False when the deadline came first."""
+        remaining = self.deadline.remaining()
+        if remaining == float("inf"):
+            await self.limiter.acquire()
+            return True
+        try:
+            async with asyncio.timeout(remaining):
+                await self.limiter.acquire()
+        except TimeoutError:
+            self.deadline_hit = True
+            return False
+        return True
+
     def _set_ok(
         self,
         session: _Session,
@@ -293,14 +312,14 @@ class Engine:
 
     def _finish_session(self, session: _Session) -> None:
         self._finished.add(session.index)
-        dataset, summary = _summarise(session)
-        self._emit(SessionFinished(session.index, dataset, summary))
+        session.result = _summarise(session)
+        self._emit(SessionFinished(session.index, *session.result))
 
     def _outcome(self, sessions: list[_Session], wall_ms: float) -> EngineOutcome:
         datasets: list[Dataset] = []
         summaries: list[SessionSummary] = []
         for session in sessions:
-            dataset, summary = _summarise(session)
+            dataset, summary = session.result or _summarise(session)
             datasets.append(dataset)
             summaries.append(summary)
         skipped = sum(s.skipped for s in summaries)

@@ -15,9 +15,8 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 from pydantic import ValidationError
 
 from ._engine import Engine, EngineOptions
@@ -31,6 +30,9 @@ from ._settings import Settings
 from ._timing import Deadline
 from .runners._base import Runner
 
+if TYPE_CHECKING:
+    import httpx
+
 
 @dataclass
 class PreparedRun:
@@ -42,22 +44,22 @@ class PreparedRun:
     redactor: Redactor
     warnings: list[str]
     settings: Settings
+    # An httpx transport for the LLM runner's provider client (tests); the Alquimia runner uses aiohttp.
     transport: httpx.AsyncBaseTransport | None = None
     _runner_args: dict[str, Any] = field(default_factory=dict)
 
     def build_runner(self) -> Runner:
         """A fresh runner for one event loop (create inside the loop, use with `async with`)."""
-        timeout = httpx.Timeout(
-            self.options.turn_timeout_s,
-            connect=min(self.settings.connect_timeout_s, self.options.turn_timeout_s),
-        )
+        connect_s = min(self.settings.connect_timeout_s, self.options.turn_timeout_s)
         if self.request.mode == "llm":
+            import httpx
+
             from .runners.llm import LLMRunner
 
             return LLMRunner(
                 self._runner_args["model_class"],
                 self._runner_args["params"],
-                timeout=timeout,
+                timeout=httpx.Timeout(self.options.turn_timeout_s, connect=connect_s),
                 max_connections=self.options.max_concurrency,
                 transport=self.transport or guarded_transport(self.options.max_concurrency + 4),
             )
@@ -65,9 +67,9 @@ class PreparedRun:
 
         return AlquimiaRunner(
             self._runner_args["target"],
-            timeout=timeout,
+            timeout_s=self.options.turn_timeout_s,
+            connect_timeout_s=connect_s,
             max_connections=self.options.max_concurrency,
-            transport=self.transport or guarded_transport(self.options.max_concurrency + 4),
         )
 
 
@@ -95,7 +97,8 @@ def parse_request(payload: Any) -> RunRequest:
 
 def _resolve_options(request: RunRequest, settings: Settings) -> EngineOptions:
     options = request.options
-    concurrency = options.max_concurrency or settings.max_concurrency
+    # The deployment default never exceeds the cap; only a value the caller sent can be refused.
+    concurrency = options.max_concurrency or min(settings.max_concurrency, settings.max_concurrency_cap)
     if concurrency > settings.max_concurrency_cap:
         raise InvalidRequest(
             f"options.max_concurrency is over this deployment's cap of {settings.max_concurrency_cap}",
@@ -103,7 +106,7 @@ def _resolve_options(request: RunRequest, settings: Settings) -> EngineOptions:
                 {
                     "loc": "options.max_concurrency",
                     "msg": f"must be <= {settings.max_concurrency_cap} "
-                    "(env FAIR_RUNNERS_MAX_CONCURRENCY_CAP), got {concurrency}",
+                    f"(env FAIR_RUNNERS_MAX_CONCURRENCY_CAP), got {concurrency}",
                 }
             ],
         )

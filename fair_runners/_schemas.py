@@ -215,3 +215,11 @@ class RunResult(BaseModel):
     total_datasets: int
     totals: RunTotals
     warnings: list[str] = Field(default_factory=list)
+
+    def __repr__(self) -> str:
+        # Short on purpose: the default repr walks every turn, and CPython 3.11's `asyncio.run` builds the
+        # main task's repr (its result included) twice on the way out.
+        return (
+            f"RunResult(run_id={self.run_id!r}, mode={self.mode!r}, complete={self.complete}, "
+            f"sessions={self.total_datasets}, turns={self.totals.turns})"
+        )

@@ -27,6 +27,7 @@ from fair_runners import (
 )
 from fair_runners._events import Event
 from fair_runners._redact import current_redactor, install_log_redaction, powertools_formatter, use_redactor
+from fair_runners.runners import alquimia as _alquimia  # noqa: F401  # load its HTTP stack at init, not per call
 
 from .sources import Source, detect, http_payload, http_response
 

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import ValidationError
@@ -53,14 +54,14 @@ class LLMRunner:
         self.model: BaseChatModel | None = None
 
     async def __aenter__(self) -> LLMRunner:
+        limits = httpx.Limits(
+            max_connections=self._max_connections + 4, max_keepalive_connections=self._max_connections + 4
+        )
+        # aiohttp under the provider's httpx API: httpx's own pool costs milliseconds of CPU per request once
+        # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not.
+        transport = self._transport or AiohttpTransport(limits=limits)
         self._http = httpx.AsyncClient(
-            timeout=self._timeout,
-            limits=httpx.Limits(
-                max_connections=self._max_connections + 4,
-                max_keepalive_connections=self._max_connections + 4,
-            ),
-            transport=self._transport,
-            follow_redirects=False,
+            timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False
         )
         try:
             self.model = self._build(self._http)

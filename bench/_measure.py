@@ -1,0 +1,109 @@
+"""Benchmark helper: run one workload through the real `lambda_handler` in a fresh, warmed process.
+
+Prints one JSON line: wall time of the run, the process CPU time spent in it (this process only: the servers
+run elsewhere), peak RSS, the response's totals, and whether LangChain got imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+class _Context:
+    aws_request_id = "bench"
+    function_name = "fair-runners-bench"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 900_000
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    datasets = [
+        {
+            "session_id": f"s{i}",
+            "assistant_id": "bench",
+            "conversation": [
+                {"qa_id": f"s{i}-q{j}", "query": f"question {j} of session {i}"} for j in range(args.turns)
+            ],
+        }
+        for i in range(args.sessions)
+    ]
+    options = {"max_concurrency": args.concurrency, "max_attempts": 1}
+    if args.mode == "alquimia":
+        config = {"base_url": args.url, "api_key": "bench-key", "agent_id": "bench"}
+        return {"datasets": datasets, "config": config, "options": options}
+    if args.provider == "openai":
+        connector = {
+            "class_path": "langchain_openai.chat_models.ChatOpenAI",
+            "params": {"model": "bench-model", "api_key": "bench-key", "base_url": f"{args.url}/v1"},
+        }
+    else:
+        connector = {
+            "class_path": "langchain_groq.chat_models.ChatGroq",
+            "params": {"model": "bench-model", "api_key": "bench-key", "base_url": args.url},
+        }
+    return {"datasets": datasets, "connector": connector, "options": {**options, "history": False}}
+
+
+def main() -> None:
+    """Run the workload described by the flags; print the measurements as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["alquimia", "llm"], required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--sessions", type=int, required=True)
+    parser.add_argument("--turns", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--provider", choices=["openai", "groq"], default="openai")
+    args = parser.parse_args()
+    host = args.url.split("://", 1)[1]
+    os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = host
+    os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FairRunnersBench")
+    os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
+
+    from handler.app import lambda_handler
+
+    request = _request(args)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved_stdout = os.dup(1)
+    os.dup2(devnull, 1)  # Powertools writes EMF metrics to stdout: keep them, but not in our pipe
+    try:
+        # A warm process, as a warm Lambda is: one small request first loads what the first call loads lazily
+        # (LangChain imports much of itself on the first `ainvoke`).
+        warmup = argparse.Namespace(**{**vars(args), "sessions": 1, "turns": 1})
+        lambda_handler(_request(warmup), _Context())
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        result = lambda_handler(request, _Context())
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        os.dup2(saved_stdout, 1)
+    turns = result["totals"]["turns"]
+    report = {
+        "mode": args.mode,
+        "sessions": args.sessions,
+        "turns_per_session": args.turns,
+        "concurrency": args.concurrency,
+        "provider": args.provider if args.mode == "llm" else None,
+        "wall_s": round(wall, 4),
+        "cpu_s": round(cpu, 4),
+        "cpu_ms_per_turn": round(cpu * 1000 / turns, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "successes": result["totals"]["successes"],
+        "failures": result["totals"]["failures"],
+        "complete": result["complete"],
+        "langchain_loaded": any(m.split(".")[0].startswith("langchain") for m in sys.modules),
+    }
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
