@@ -13,13 +13,15 @@ A URL from a request (`config.base_url`, a connector's `base_url`) is accepted o
 unless the deployer lists the host (`host`, any port) or `host:port` in env `FAIR_RUNNERS_ALLOWED_HOSTS`;
 plain `http` is then accepted for it too. `check_url` runs in `prepare()`, before any connection.
 
-The same rules hold at connect time: `guarded_transport()` builds an httpx transport whose network backend
-resolves the name itself, re-checks every address and connects to the address it checked (so a DNS answer
-that changes between the check and the connection, "DNS rebinding", cannot reach a private address).
+The same rules hold at connect time: `guarded_session()` builds the aiohttp session every runner uses (the
+LLM runner through httpx's aiohttp transport); its resolver resolves the name itself, re-checks every address
+and hands aiohttp only the addresses it checked (so a DNS answer that changes between the check and the
+connection, "DNS rebinding", cannot reach a private address), and its connector checks IP-literal hosts.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import ipaddress
 import os
@@ -29,9 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-import httpcore
-import httpx
+import aiohttp
+import aiohttp.abc
+import aiohttp.connector
+import aiohttp.tracing
 
 from ._errors import InvalidRequest
 
@@ -325,72 +328,82 @@ def check_url(url: Any, loc: str) -> Target:
 # --------------------------------------------------------------------------------------------- connect time
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """A network backend that checks every address at connect time and connects to the checked address."""
+def _refused(host: str, why: str) -> OSError:
+    return OSError(f"refused by the network guard: {host} ({why})")
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._inner = inner or httpcore.AnyIOBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        if is_allowlisted(host, port):
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """Resolves a name itself (bounded by `FAIR_RUNNERS_DNS_TIMEOUT_S`) and returns only checked addresses.
+
+    aiohttp connects to exactly the addresses a resolver returns, so a DNS answer that changed since
+    `prepare()` checked the name ("DNS rebinding") cannot reach a private address.
+    """
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        loop = asyncio.get_running_loop()
         try:
-            try:
-                addresses: list[IPAddress] = [ipaddress.ip_address(host)]
-                check_ip(addresses[0])
-            except ValueError:
-                with anyio.fail_after(_dns_timeout()):
-                    raw = await anyio.to_thread.run_sync(_resolve, host, port, abandon_on_cancel=True)
+            raw = await asyncio.wait_for(
+                loop.run_in_executor(_DNS_POOL, _resolve, host, port), _dns_timeout()
+            )
+        except (OSError, UnicodeError, TimeoutError):
+            raise _refused(host, "it does not resolve") from None
+        try:
+            if is_allowlisted(host, port):
+                addresses = [ipaddress.ip_address(text.split("%", 1)[0]) for text in raw]
+            else:
                 addresses = _checked(raw)
-        except (BlockedAddress, OSError, TimeoutError, UnicodeError) as exc:
-            raise httpcore.ConnectError(f"refused by the network guard: {host} ({exc})") from None
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
+        except (BlockedAddress, ValueError) as exc:
+            raise _refused(host, str(exc)) from None
+        return [
+            {
+                "hostname": host,
+                "host": str(address),
+                "port": port,
+                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            }
+            for address in addresses
+        ]
 
-    async def connect_unix_socket(
+    async def close(self) -> None:
+        """Nothing to release (lookups run in a shared thread pool)."""
+
+
+class GuardedConnector(aiohttp.TCPConnector):
+    """A `TCPConnector` that checks IP-literal hosts too (aiohttp does not resolve those) and never
+    reads proxies from the environment."""
+
+    async def connect(
         self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("refused by the network guard: unix sockets are not allowed")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """`httpx.AsyncHTTPTransport` whose connections go through `GuardedBackend` (no env proxies)."""
-
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(limits=limits, trust_env=False)
-        ssl_context = self._pool._ssl_context
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(),
-        )
+        req: aiohttp.ClientRequest,
+        traces: list[aiohttp.tracing.Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's interface)
+    ) -> aiohttp.connector.Connection:
+        host = (req.url.raw_host or "").strip("[]")
+        port = req.url.port or 0
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            literal = None
+        if literal is not None and not is_allowlisted(host, port):
+            try:
+                check_ip(literal)
+            except BlockedAddress as exc:
+                raise aiohttp.ClientConnectionError(str(_refused(host, str(exc)))) from None
+        return await super().connect(req, traces, timeout)
 
 
-def guarded_transport(max_connections: int) -> GuardedTransport:
-    """The transport every runner uses unless a test injects its own."""
-    return GuardedTransport(
-        httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+def guarded_session(
+    max_connections: int, timeout: aiohttp.ClientTimeout | None = None
+) -> aiohttp.ClientSession:
+    """The HTTP session every runner uses: one keep-alive pool, every address checked, no env proxies.
+
+    Create it inside the running event loop (it binds to it).
+    """
+    connector = GuardedConnector(
+        limit=max_connections, limit_per_host=0, keepalive_timeout=30, resolver=GuardedResolver()
     )
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)

@@ -23,7 +23,7 @@ from ._engine import Engine, EngineOptions
 from ._errors import InvalidRequest
 from ._events import Event, EventCallback, SessionFinished
 from ._limits import check_payload, check_request
-from ._netguard import check_url, guarded_transport
+from ._netguard import check_url
 from ._redact import Redactor, secrets_in_payload, use_redactor
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
@@ -61,7 +61,7 @@ class PreparedRun:
                 self._runner_args["params"],
                 timeout=httpx.Timeout(self.options.turn_timeout_s, connect=connect_s),
                 max_connections=self.options.max_concurrency,
-                transport=self.transport or guarded_transport(self.options.max_concurrency + 4),
+                transport=self.transport,
             )
         from .runners.alquimia import AlquimiaRunner
 

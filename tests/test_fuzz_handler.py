@@ -16,7 +16,7 @@ import os
 import string
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -59,10 +59,10 @@ def _sealed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIR_RUNNERS_MAX_ATTEMPTS", "1")
     monkeypatch.setenv("LLM_API_KEY", "fuzz-llm-key-123456")
 
-    async def refuse(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        raise httpcore.ConnectError("fuzz: no connections")
+    async def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise aiohttp.ClientConnectionError("fuzz: no connections")
 
-    monkeypatch.setattr(_netguard.GuardedBackend, "connect_tcp", refuse)
+    monkeypatch.setattr(_netguard.GuardedConnector, "connect", refuse)
 
 
 # ------------------------------------------------------------------------------------------- strategies

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -72,10 +72,10 @@ def _sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("FAIR_RUNNERS_ALLOWED_HOSTS", raising=False)
     monkeypatch.setenv("FAIR_RUNNERS_MAX_ATTEMPTS", "1")
 
-    async def refuse(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
-        raise httpcore.ConnectError("schemathesis: no connections")
+    async def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise aiohttp.ClientConnectionError("schemathesis: no connections")
 
-    monkeypatch.setattr(_netguard.GuardedBackend, "connect_tcp", refuse)
+    monkeypatch.setattr(_netguard.GuardedConnector, "connect", refuse)
     yield from moto_aws(monkeypatch)
 
 

@@ -9,11 +9,18 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
 
 from fair_runners import _netguard
-from fair_runners._netguard import BlockedAddress, GuardedBackend, check_ip, check_url, parse_url
+from fair_runners._netguard import (
+    BlockedAddress,
+    GuardedResolver,
+    check_ip,
+    check_url,
+    guarded_session,
+    parse_url,
+)
 from fair_runners.testing import AlquimiaAgent, Fault, OpenAICompatServer
 
 from .conftest import ALQUIMIA_KEY, alquimia_request, llm_request, make_datasets
@@ -102,36 +109,15 @@ def test_blocked_url_message_names_field_reason_and_fix() -> None:
 # ------------------------------------------------------------------------------------------ connect time
 
 
-class _RecordingBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int]] = []
-
-    async def connect_tcp(
-        self, host: str, port: int, *args: Any, **kwargs: Any
-    ) -> httpcore.AsyncNetworkStream:
-        self.calls.append((host, port))
-        raise httpcore.ConnectError("recording backend: no real connections")
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+def test_connect_time_resolver_returns_only_checked_addresses() -> None:
+    results = asyncio.run(GuardedResolver().resolve("public.test", 443))
+    assert [(r["host"], r["port"]) for r in results] == [("93.184.215.14", 443)]  # what aiohttp connects to
 
 
-def test_connect_time_guard_pins_the_checked_address() -> None:
-    inner = _RecordingBackend()
-    backend = GuardedBackend(inner)
-    with pytest.raises(httpcore.ConnectError):
-        asyncio.run(backend.connect_tcp("public.test", 443))
-    assert inner.calls == [("93.184.215.14", 443)]  # the checked address, never the name again
-
-
-@pytest.mark.parametrize(
-    "host", ["loopback.test", "metadata.test", "mixed.test", "127.0.0.1", "::1", "nope.test"]
-)
-def test_connect_time_guard_refuses_without_connecting(host: str) -> None:
-    inner = _RecordingBackend()
-    with pytest.raises(httpcore.ConnectError, match="network guard"):
-        asyncio.run(GuardedBackend(inner).connect_tcp(host, 443))
-    assert inner.calls == []
+@pytest.mark.parametrize("host", ["loopback.test", "metadata.test", "mixed.test", "nope.test"])
+def test_connect_time_resolver_refuses_non_public_answers(host: str) -> None:
+    with pytest.raises(OSError, match="network guard"):
+        asyncio.run(GuardedResolver().resolve(host, 443))
 
 
 @pytest.fixture
@@ -159,6 +145,38 @@ def tcp_listener() -> Iterator[tuple[int, list[Any]]]:
     stop.set()
     thread.join(2)
     sock.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "[::ffff:127.0.0.1]"])
+def test_connector_refuses_ip_literals_without_connecting(
+    host: str, tcp_listener: tuple[int, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp skips the resolver for IP literals: the connector checks them itself."""
+    port, accepted = tcp_listener
+    monkeypatch.delenv("FAIR_RUNNERS_ALLOWED_HOSTS", raising=False)
+
+    async def get() -> None:
+        async with guarded_session(2) as session:
+            await session.get(f"http://{host}:{port}/")
+
+    with pytest.raises(aiohttp.ClientConnectionError, match="network guard"):
+        asyncio.run(get())
+    assert accepted == []
+
+
+def test_connector_lets_allowlisted_hosts_through(
+    tcp_listener: tuple[int, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, accepted = tcp_listener
+    monkeypatch.setenv("FAIR_RUNNERS_ALLOWED_HOSTS", f"127.0.0.1:{port}")
+
+    async def get() -> None:
+        async with guarded_session(2) as session:
+            await session.get(f"http://127.0.0.1:{port}/")
+
+    with pytest.raises(aiohttp.ClientError):  # the listener hangs up at once: but it was reached
+        asyncio.run(get())
+    assert accepted  # reached (aiohttp may retry an idempotent GET once on the hang-up)
 
 
 @pytest.mark.parametrize("mode", ["alquimia", "llm"])

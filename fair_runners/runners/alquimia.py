@@ -25,6 +25,7 @@ from .._errors import (
     backend_error_from_status,
     parse_retry_after,
 )
+from .._netguard import guarded_session
 from ._base import TurnInput, TurnOutput
 from ._sse import SSEDecoder
 
@@ -78,10 +79,7 @@ class AlquimiaRunner:
         self._stream_headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-store"}
 
     async def __aenter__(self) -> AlquimiaRunner:
-        connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, trust_env=False, auto_decompress=True
-        )
+        self._session = guarded_session(self._max_connections, self._timeout)
         return self
 
     async def __aexit__(

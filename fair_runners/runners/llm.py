@@ -26,6 +26,7 @@ from .._errors import (
     backend_error_from_status,
     parse_retry_after,
 )
+from .._netguard import guarded_session
 from ._base import TurnInput, TurnOutput
 
 _MAX_MESSAGE = 400
@@ -58,8 +59,10 @@ class LLMRunner:
             max_connections=self._max_connections + 4, max_keepalive_connections=self._max_connections + 4
         )
         # aiohttp under the provider's httpx API: httpx's own pool costs milliseconds of CPU per request once
-        # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not.
-        transport = self._transport or AiohttpTransport(limits=limits)
+        # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not. The
+        # session is the network guard's: every address checked at connect time, no env proxies.
+        size = self._max_connections + 4
+        transport = self._transport or AiohttpTransport(limits=limits, client=lambda: guarded_session(size))
         self._http = httpx.AsyncClient(
             timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False
         )
