@@ -116,12 +116,10 @@ def servers(latency_ms: float) -> Iterator[dict[str, Any]]:
 
 
 def _json_line(cmd: list[str], timeout: float = 900) -> dict[str, Any]:
-    done = subprocess.run(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=timeout
-    )
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {done.returncode})")
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 

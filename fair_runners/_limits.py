@@ -3,7 +3,7 @@
 | env variable                      | default   | what it bounds                                          |
 |-----------------------------------|-----------|---------------------------------------------------------|
 | FAIR_RUNNERS_MAX_BODY_BYTES       | 6291456   | HTTP body, in bytes, checked before JSON parsing        |
-| FAIR_RUNNERS_MAX_DATASETS         | 1000      | datasets (sessions) per request                         |
+| FAIR_RUNNERS_MAX_DATASETS         | 10000     | datasets (sessions) per request                         |
 | FAIR_RUNNERS_MAX_TURNS            | 10000     | turns per request, all datasets together                |
 | FAIR_RUNNERS_MAX_QUERY_CHARS      | 100000    | characters in one turn's `query`                        |
 | FAIR_RUNNERS_MAX_CONTEXT_CHARS    | 200000    | characters in one dataset's `context`                   |
@@ -29,7 +29,7 @@ class Limits:
     """Effective request limits."""
 
     max_body_bytes: int = 6 * 1024 * 1024
-    max_datasets: int = 1000
+    max_datasets: int = 10_000
     max_turns: int = 10_000
     max_query_chars: int = 100_000
     max_context_chars: int = 200_000

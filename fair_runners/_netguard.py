@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import ipaddress
 import os
 import re
@@ -117,8 +118,13 @@ class Target:
 
 def allowed_hosts() -> frozenset[str]:
     """The deployer's allowlist (env `FAIR_RUNNERS_ALLOWED_HOSTS`), lower case, without a final dot."""
+    return _parse_allowed(os.environ.get(ALLOWED_HOSTS_ENV, ""))
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_allowed(value: str) -> frozenset[str]:
     entries: set[str] = set()
-    for raw in os.environ.get(ALLOWED_HOSTS_ENV, "").split(","):
+    for raw in value.split(","):
         entry = raw.strip().lower()
         if not entry:
             continue
@@ -372,9 +378,27 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
         """Nothing to release (lookups run in a shared thread pool)."""
 
 
+def _literal_refusal(host: str, port: int) -> str | None:
+    """Why an IP-literal host may not be connected to (None: not a literal, allowlisted, or public)."""
+    try:
+        literal = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if is_allowlisted(host, port):
+        return None
+    try:
+        check_ip(literal)
+    except BlockedAddress as exc:
+        return str(_refused(host, str(exc)))
+    return None
+
+
 class GuardedConnector(aiohttp.TCPConnector):
-    """A `TCPConnector` that checks IP-literal hosts too (aiohttp does not resolve those) and never
-    reads proxies from the environment."""
+    """A `TCPConnector` that checks IP-literal hosts too (aiohttp does not resolve those)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._verdicts: dict[tuple[str, int, str], str | None] = {}
 
     async def connect(
         self,
@@ -384,15 +408,12 @@ class GuardedConnector(aiohttp.TCPConnector):
     ) -> aiohttp.connector.Connection:
         host = (req.url.raw_host or "").strip("[]")
         port = req.url.port or 0
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            literal = None
-        if literal is not None and not is_allowlisted(host, port):
-            try:
-                check_ip(literal)
-            except BlockedAddress as exc:
-                raise aiohttp.ClientConnectionError(str(_refused(host, str(exc)))) from None
+        key = (host, port, os.environ.get(ALLOWED_HOSTS_ENV, ""))
+        refusal = self._verdicts.get(key, "")
+        if refusal == "":  # not seen yet (the same few hosts come back on every request of a run)
+            refusal = self._verdicts[key] = _literal_refusal(host, port)
+        if refusal is not None:
+            raise aiohttp.ClientConnectionError(refusal)
         return await super().connect(req, traces, timeout)
 
 

@@ -35,6 +35,7 @@ class Redactor:
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
         self._secrets: set[str] = set()
+        self._ordered: tuple[str, ...] | None = None
         for secret in secrets:
             self.add(secret)
 
@@ -45,6 +46,7 @@ class Redactor:
         """
         if secret and len(secret) >= _MIN_SECRET_LEN:
             self._secrets.add(secret)
+            self._ordered = None
             escaped = json.dumps(secret)[1:-1]
             if escaped != secret:
                 self._secrets.add(escaped)
@@ -62,7 +64,9 @@ class Redactor:
 
     def redact(self, text: str, *, patterns: bool = True) -> str:
         """Return `text` with every registered secret masked, and credential-shaped tokens (`patterns`)."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        if self._ordered is None:  # longest first, so a key that contains another is masked whole
+            self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
+        for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, REDACTED)
             text = _mask_fragments(text, secret)
@@ -86,16 +90,20 @@ class Redactor:
 
 def _mask_fragments(text: str, secret: str) -> str:
     """Mask a secret's head at the end of `text` and its tail at the start (a truncated echo)."""
-    if len(secret) <= _MIN_FRAGMENT:
+    if len(secret) <= _MIN_FRAGMENT or len(text) < _MIN_FRAGMENT:
         return text
-    for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
-        if text.endswith(secret[:size]):
-            text = text[: len(text) - size] + REDACTED
-            break
-    for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
-        if text.startswith(secret[-size:]):
-            text = REDACTED + text[size:]
-            break
+    # Any fragment long enough to mask contains the text's last (first) _MIN_FRAGMENT characters: a cheap
+    # substring test rules out almost every string before the loops.
+    if text[-_MIN_FRAGMENT:] in secret:
+        for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
+            if text.endswith(secret[:size]):
+                text = text[: len(text) - size] + REDACTED
+                break
+    if text[:_MIN_FRAGMENT] in secret:
+        for size in range(len(secret) - 1, _MIN_FRAGMENT - 1, -1):
+            if text.startswith(secret[-size:]):
+                text = REDACTED + text[size:]
+                break
     return text
 
 

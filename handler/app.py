@@ -19,6 +19,7 @@ from fair_runners import (
     InvalidRequest,
     RunRequest,
     RunResult,
+    RunTotals,
     Settings,
     TurnFinished,
     aws,
@@ -48,18 +49,19 @@ def _deadline(context: Any, source: Source, settings: Settings) -> Deadline:
 
 
 def _record(event: Event) -> None:
-    if isinstance(event, TurnFinished):
-        record = event.record
-        if record.status == "ok":
-            metrics.add_metric(name="TurnsOk", unit=MetricUnit.Count, value=1)
-        elif record.status == "error":
-            metrics.add_metric(name="TurnsFailed", unit=MetricUnit.Count, value=1)
-        elif record.status == "skipped":
-            metrics.add_metric(name="TurnsSkipped", unit=MetricUnit.Count, value=1)
-        if record.latency_ms is not None:
-            metrics.add_metric(name="TurnLatency", unit=MetricUnit.Milliseconds, value=record.latency_ms)
-        if record.attempts > 1:
-            metrics.add_metric(name="TurnRetries", unit=MetricUnit.Count, value=record.attempts - 1)
+    """Per-turn EMF values (the latency distribution); counts go out once per run (`_record_totals`)."""
+    if isinstance(event, TurnFinished) and event.record.latency_ms is not None:
+        metrics.add_metric(name="TurnLatency", unit=MetricUnit.Milliseconds, value=event.record.latency_ms)
+
+
+def _record_totals(totals: RunTotals) -> None:
+    metrics.add_metric(name="TurnsOk", unit=MetricUnit.Count, value=totals.successes)
+    metrics.add_metric(name="TurnsFailed", unit=MetricUnit.Count, value=totals.failures)
+    metrics.add_metric(name="TurnsSkipped", unit=MetricUnit.Count, value=totals.skipped)
+    metrics.add_metric(name="TurnRetries", unit=MetricUnit.Count, value=totals.retries)
+    metrics.add_metric(name="InputTokens", unit=MetricUnit.Count, value=totals.input_tokens)
+    metrics.add_metric(name="OutputTokens", unit=MetricUnit.Count, value=totals.output_tokens)
+    metrics.add_metric(name="RunWallTime", unit=MetricUnit.Milliseconds, value=totals.wall_time_ms)
 
 
 def _run(
@@ -89,7 +91,7 @@ def _run(
         },
     )
     result: RunResult = asyncio.run(execute(prepared, deadline=deadline, on_event=_record))
-    metrics.add_metric(name="RunWallTime", unit=MetricUnit.Milliseconds, value=result.totals.wall_time_ms)
+    _record_totals(result.totals)
     logger.info("run finished", extra={"complete": result.complete, **result.totals.model_dump()})
     # A backend may echo a key inside an answer: mask the run's registered secrets everywhere (the copy
     # spilled to S3 included).
