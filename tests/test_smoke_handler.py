@@ -11,18 +11,7 @@ from fair_runners import InvalidRequest
 from handler.app import lambda_handler
 
 from .conftest import FakeLambdaContext, alquimia_request, llm_request, make_datasets
-
-
-def _http_event(body: Any) -> dict[str, Any]:
-    return {
-        "version": "2.0",
-        "routeKey": "POST /run",
-        "rawPath": "/run",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST", "path": "/run"}, "domainName": "x.execute-api.aws"},
-        "body": body if isinstance(body, str) else json.dumps(body),
-        "isBase64Encoded": False,
-    }
+from .helpers import http_event
 
 
 def test_alquimia_turns_in_order_with_session_ids(agent: Any, lambda_context: FakeLambdaContext) -> None:
@@ -71,7 +60,7 @@ def test_unknown_fields_round_trip(agent: Any, lambda_context: FakeLambdaContext
 
 
 def test_http_bad_json_is_400(lambda_context: FakeLambdaContext) -> None:
-    response = lambda_handler(_http_event("{not json"), lambda_context)
+    response = lambda_handler(http_event("{not json"), lambda_context)
     assert response["statusCode"] == 400
     assert "not valid JSON" in json.loads(response["body"])["error"]
 
