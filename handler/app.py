@@ -6,6 +6,7 @@ Thin on purpose: the work lives in `fair_runners`. Synchronous; one event loop p
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
@@ -44,7 +45,9 @@ def _deadline(context: Any, source: Source, settings: Settings) -> Deadline:
         remaining = max(0.0, remaining_ms() / 1000)
         budget = remaining - min(settings.safety_margin_s, remaining * 0.2)
     if source.behind_api_gateway:
-        budget = settings.http_deadline_s if budget is None else min(budget, settings.http_deadline_s)
+        # Counted from the event's arrival: S3 reads, secrets and validation already used some of it.
+        http_budget = settings.http_deadline_s - (time.monotonic() - source.received_at)
+        budget = http_budget if budget is None else min(budget, http_budget)
     return Deadline.after(budget)
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fair_runners import InvalidRequest
@@ -32,6 +33,8 @@ class Source:
     headers: dict[str, str] | None = None
     body: str | None = None
     payload: Any = None
+    # When the event arrived (monotonic): API Gateway's ~29 s clock starts before any work of ours.
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def is_http(self) -> bool:

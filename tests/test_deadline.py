@@ -152,3 +152,29 @@ def test_api_gateway_events_are_capped_below_its_timeout(agent: Any, monkeypatch
     body = json.loads(response["body"])
     assert body["complete"] is False and body["totals"]["skipped"] > 0
     assert body["totals"]["successes"] + body["totals"]["skipped"] + body["totals"]["failures"] == 40
+
+
+def test_api_gateway_budget_counts_from_the_events_arrival(
+    agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work before the run (S3 reads, secrets, validation) comes out of API Gateway's budget too."""
+    from fair_runners import aws
+
+    monkeypatch.setenv("FAIR_RUNNERS_HTTP_DEADLINE_S", "1.5")
+    load_request = aws.load_request
+
+    def slow_load(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # e.g. a slow S3 read of datasets_uri
+        return load_request(*args, **kwargs)
+
+    monkeypatch.setattr(aws, "load_request", slow_load)
+    agent.latency_s = 0.2
+    started = time.monotonic()
+    response = lambda_handler(
+        http_event(alquimia_request(agent, make_datasets(sessions=1, turns=20))), FakeLambdaContext(900)
+    )
+    elapsed = time.monotonic() - started
+    body = json.loads(response["body"])
+    assert response["statusCode"] == 200 and body["complete"] is False
+    assert elapsed < 2.2  # 1.5 s from arrival plus shaping, not 1.0 s + a fresh 1.5 s
+    assert body["totals"]["successes"] <= 3  # ~0.5 s of run time at 0.2 s a turn
