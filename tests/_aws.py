@@ -108,21 +108,6 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, *, idempotency: bool = False) -> I
     use_clients(None)
 
 
-def http_event(
-    method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload 2.0) event."""
-    return {
-        "version": "2.0",
-        "routeKey": f"{method} {path}",
-        "rawPath": path,
-        "headers": {"content-type": "application/json", **(headers or {})},
-        "requestContext": {"http": {"method": method, "path": path}, "domainName": "x.execute-api.aws"},
-        "body": None if body is None else (body if isinstance(body, str) else json.dumps(body)),
-        "isBase64Encoded": False,
-    }
-
-
 def answer(response: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """(status, parsed body) of an HTTP response."""
     return int(response["statusCode"]), json.loads(response["body"])

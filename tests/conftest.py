@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from fair_runners.cli._invoke import LambdaContext
 from fair_runners.testing import AlquimiaAgent, LoopbackServer, OpenAICompatServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -172,19 +172,11 @@ def llm_request(
     return {"datasets": datasets, "connector": connector, "options": options}
 
 
-class FakeLambdaContext:
-    """A Lambda context whose deadline is real (`timeout_s` from creation)."""
+class FakeLambdaContext(LambdaContext):
+    """The context `fair-runners invoke` gives the handler (a real countdown), with the tests' defaults."""
 
     def __init__(self, timeout_s: float = 60.0, request_id: str = "test-request-id") -> None:
-        self._end = time.monotonic() + timeout_s
-        self.aws_request_id = request_id
-        self.function_name = "fair-runners-test"
-        self.memory_limit_in_mb = 1024
-        self.invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:fair-runners-test"
-
-    def get_remaining_time_in_millis(self) -> int:
-        """Milliseconds left."""
-        return max(0, int((self._end - time.monotonic()) * 1000))
+        super().__init__(timeout_s=timeout_s, function_name="fair-runners-test", aws_request_id=request_id)
 
 
 @pytest.fixture

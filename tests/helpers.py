@@ -1,4 +1,5 @@
-"""Test helpers: an ASGI wrapper that counts TCP connections and requests in flight on a loopback server."""
+"""Test helpers: an ASGI wrapper that counts TCP connections and requests in flight on a loopback server;
+API Gateway event builders."""
 
 from __future__ import annotations
 
@@ -32,20 +33,27 @@ class Counting:
                 self.in_flight -= 1
 
 
-def http_event(body: Any, *, rest: bool = False) -> dict[str, Any]:
-    """An API Gateway HTTP API (v2) event, or a REST (v1) proxy event, POSTing `body` to /run."""
-    raw = body if isinstance(body, str) else json.dumps(body)
-    if rest:
-        return {"httpMethod": "POST", "resource": "/run", "path": "/run", "headers": {}, "body": raw}
+def api_event(
+    method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event."""
     return {
         "version": "2.0",
-        "routeKey": "POST /run",
-        "rawPath": "/run",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST", "path": "/run"}, "domainName": "x.execute-api.aws"},
-        "body": raw,
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "headers": {"content-type": "application/json", **(headers or {})},
+        "requestContext": {"http": {"method": method, "path": path}, "domainName": "x.execute-api.aws"},
+        "body": None if body is None else (body if isinstance(body, str) else json.dumps(body)),
         "isBase64Encoded": False,
     }
+
+
+def http_event(body: Any, *, rest: bool = False) -> dict[str, Any]:
+    """An API Gateway HTTP API (v2) event, or a REST (v1) proxy event, POSTing `body` to /run."""
+    if rest:
+        raw = body if isinstance(body, str) else json.dumps(body)
+        return {"httpMethod": "POST", "resource": "/run", "path": "/run", "headers": {}, "body": raw}
+    return api_event("POST", "/run", body)
 
 
 def turns(result: dict[str, Any], session: int = 0) -> list[dict[str, Any]]:

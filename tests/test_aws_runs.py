@@ -14,8 +14,9 @@ from fair_runners.aws import AwsClients, AwsSettings, describe_run, execution_ar
 from fair_runners.openapi import RunAccepted, RunStatus
 from handler.app import lambda_handler
 
-from ._aws import BUCKET, Aws, answer, http_event, moto_aws
+from ._aws import BUCKET, Aws, answer, moto_aws
 from .conftest import FakeLambdaContext, alquimia_request, make_datasets
+from .helpers import api_event
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
 
 
 def _post_runs(body: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    event = http_event("POST", "/runs", body, headers)
+    event = api_event("POST", "/runs", body, headers)
     status, reply = answer(lambda_handler(event, FakeLambdaContext()))
     if status in (200, 202):  # the reply is what the OpenAPI document says it is
         RunAccepted.model_validate(reply)
@@ -32,7 +33,7 @@ def _post_runs(body: Any, headers: dict[str, str] | None = None) -> tuple[int, d
 
 
 def _get_run(run_id: str) -> tuple[int, dict[str, Any]]:
-    status, reply = answer(lambda_handler(http_event("GET", f"/runs/{run_id}"), FakeLambdaContext()))
+    status, reply = answer(lambda_handler(api_event("GET", f"/runs/{run_id}"), FakeLambdaContext()))
     if status == 200:
         RunStatus.model_validate(reply)
     return status, reply
@@ -141,7 +142,7 @@ def test_get_run_running_succeeded_failed_and_unknown(agent: Any, aws: Aws) -> N
 
     status, missing = _get_run("never-started")
     assert status == 404 and "never-started" in missing["error"]
-    status, _ = answer(lambda_handler(http_event("DELETE", "/runs/r-ok"), FakeLambdaContext()))
+    status, _ = answer(lambda_handler(api_event("DELETE", "/runs/r-ok"), FakeLambdaContext()))
     assert status == 405
 
 

@@ -12,8 +12,9 @@ from fair_runners import InvalidRequest, PayloadTooLarge, parse_request
 from fair_runners.aws import Channel, encoded_size
 from handler.app import lambda_handler
 
-from ._aws import BUCKET, Aws, answer, http_event, moto_aws
+from ._aws import BUCKET, Aws, answer, moto_aws
 from .conftest import FakeLambdaContext, alquimia_request, make_datasets
+from .helpers import api_event
 
 
 @pytest.fixture
@@ -76,7 +77,7 @@ def test_datasets_uri_errors_name_the_field_before_any_backend_call(agent: Any, 
     cases[f"s3://{BUCKET}/invalid.json"] = "datasets.0.conversation.0.query"
     for uri, expected in cases.items():
         response = lambda_handler(
-            http_event("POST", "/run", {**base, "datasets_uri": uri}), FakeLambdaContext()
+            api_event("POST", "/run", {**base, "datasets_uri": uri}), FakeLambdaContext()
         )
         status, body = answer(response)
         assert status == 400, body
@@ -88,7 +89,7 @@ def test_datasets_uri_over_the_size_cap_is_413(agent: Any, aws: Aws, monkeypatch
     monkeypatch.setenv("FAIR_RUNNERS_MAX_INPUT_BYTES", "100")
     uri = aws.put_json("big.json", make_datasets(5, 5))
     response = lambda_handler(
-        http_event("POST", "/run", _without_datasets(alquimia_request(agent, []), datasets_uri=uri)),
+        api_event("POST", "/run", _without_datasets(alquimia_request(agent, []), datasets_uri=uri)),
         FakeLambdaContext(),
     )
     status, body = answer(response)

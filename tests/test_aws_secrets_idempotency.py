@@ -12,8 +12,9 @@ from fair_runners import ConfigurationError, parse_request, prepare
 from fair_runners.aws import AwsSettings, read_secret, reset_cache, resolve_credentials
 from handler.app import lambda_handler
 
-from ._aws import Aws, answer, http_event, moto_aws
+from ._aws import Aws, answer, moto_aws
 from .conftest import ALQUIMIA_KEY, LLM_KEY, FakeLambdaContext, alquimia_request, llm_request, make_datasets
+from .helpers import api_event
 
 
 @pytest.fixture
@@ -94,20 +95,20 @@ def test_a_payload_cannot_name_a_secret(agent: Any, aws: Aws) -> None:
     request = _keyless_alquimia(agent)
     request["config"]["api_key_secret"] = "prod/alquimia"
     request["api_key_secret"] = "prod/alquimia"
-    status, body = answer(lambda_handler(http_event("POST", "/run", request), FakeLambdaContext()))
+    status, body = answer(lambda_handler(api_event("POST", "/run", request), FakeLambdaContext()))
     assert status == 400 and body["details"][0]["loc"] == "config.api_key"
 
 
 def test_idempotency_key_replays_the_first_answer(agent: Any, aws_idem: Aws) -> None:
     request = alquimia_request(agent, make_datasets(2, 2))
-    event = http_event("POST", "/run", request, {"Idempotency-Key": "k-1"})
+    event = api_event("POST", "/run", request, {"Idempotency-Key": "k-1"})
     first = lambda_handler(event, FakeLambdaContext(request_id="a"))
     calls = len(agent.infer_requests())
     again = lambda_handler(event, FakeLambdaContext(request_id="b"))
     assert calls == 4 and len(agent.infer_requests()) == 4  # no second backend call
     assert json.loads(again["body"]) == json.loads(first["body"])
     assert again["headers"]["Idempotent-Replayed"] == "true"
-    other = http_event(
+    other = api_event(
         "POST", "/run", alquimia_request(agent, make_datasets(1, 1)), {"Idempotency-Key": "k-1"}
     )
     status, body = answer(lambda_handler(other, FakeLambdaContext()))
@@ -116,8 +117,8 @@ def test_idempotency_key_replays_the_first_answer(agent: Any, aws_idem: Aws) -> 
 
 def test_run_id_is_an_idempotency_key_for_post_runs(agent: Any, aws_idem: Aws) -> None:
     request = {**alquimia_request(agent, make_datasets(2, 1)), "run_id": "nightly-42"}
-    first_status, first = answer(lambda_handler(http_event("POST", "/runs", request), FakeLambdaContext()))
-    again_status, again = answer(lambda_handler(http_event("POST", "/runs", request), FakeLambdaContext()))
+    first_status, first = answer(lambda_handler(api_event("POST", "/runs", request), FakeLambdaContext()))
+    again_status, again = answer(lambda_handler(api_event("POST", "/runs", request), FakeLambdaContext()))
     assert first_status == again_status == 202 and again == first
 
 
@@ -125,7 +126,7 @@ def test_idempotent_answers_spill_past_the_dynamodb_item_size(agent: Any, aws_id
     datasets = make_datasets(3, 1)
     for dataset in datasets:
         dataset["conversation"][0]["query"] = "x" * 80_000
-    event = http_event("POST", "/run", alquimia_request(agent, datasets), {"Idempotency-Key": "big"})
+    event = api_event("POST", "/run", alquimia_request(agent, datasets), {"Idempotency-Key": "big"})
     status, first = answer(lambda_handler(event, FakeLambdaContext()))
     assert status == 200 and first["result_uri"].startswith("s3://") and "datasets" not in first
     status, again = answer(lambda_handler(event, FakeLambdaContext()))
@@ -133,7 +134,7 @@ def test_idempotent_answers_spill_past_the_dynamodb_item_size(agent: Any, aws_id
 
 
 def test_idempotency_is_off_without_a_table(agent: Any, aws: Aws) -> None:
-    event = http_event("POST", "/run", alquimia_request(agent, make_datasets(1, 1)), {"Idempotency-Key": "k"})
+    event = api_event("POST", "/run", alquimia_request(agent, make_datasets(1, 1)), {"Idempotency-Key": "k"})
     lambda_handler(event, FakeLambdaContext())
     lambda_handler(event, FakeLambdaContext())
     assert len(agent.infer_requests()) == 2

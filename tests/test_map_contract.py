@@ -22,8 +22,9 @@ import pytest
 from handler import merge
 from handler.app import lambda_handler
 
-from ._aws import BUCKET, Aws, answer, definition, http_event, moto_aws
+from ._aws import BUCKET, Aws, answer, definition, moto_aws
 from .conftest import FakeLambdaContext, alquimia_request, make_datasets
+from .helpers import api_event
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def run_map(
 
 
 def _start(aws: Aws, request: dict[str, Any]) -> dict[str, Any]:
-    status, body = answer(lambda_handler(http_event("POST", "/runs", request), FakeLambdaContext()))
+    status, body = answer(lambda_handler(api_event("POST", "/runs", request), FakeLambdaContext()))
     assert status == 202, body
     described = aws.sfn.describe_execution(executionArn=body["execution_arn"])
     return json.loads(described["input"])  # type: ignore[no-any-return]
