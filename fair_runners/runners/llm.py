@@ -8,6 +8,8 @@ unless the caller set `max_retries`: the engine's retry policy owns retries.
 
 from __future__ import annotations
 
+import functools
+import ssl
 from types import TracebackType
 from typing import Any
 
@@ -30,6 +32,20 @@ from .._netguard import guarded_session
 from ._base import TurnInput, TurnOutput
 
 _MAX_MESSAGE = 400
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verifying context, built once per process (loading the CA bundle costs ~20 ms)."""
+    return httpx.create_ssl_context()
+
+
+class _NoSyncTransport(httpx.BaseTransport):
+    """The provider's sync client: this runner only calls the async API, and a sync request would bypass
+    the network guard, so every one is refused."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        raise PermanentBackendError("the provider's sync HTTP client is disabled in fair-runners")
 
 
 class LLMRunner:
@@ -62,9 +78,11 @@ class LLMRunner:
         # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not. The
         # session is the network guard's: every address checked at connect time, no env proxies.
         size = self._max_connections + 4
-        transport = self._transport or AiohttpTransport(limits=limits, client=lambda: guarded_session(size))
+        transport = self._transport or AiohttpTransport(
+            verify=_tls_context(), limits=limits, client=lambda: guarded_session(size)
+        )
         self._http = httpx.AsyncClient(
-            timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False
+            timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False, trust_env=False
         )
         try:
             self.model = self._build(self._http)
@@ -88,6 +106,8 @@ class LLMRunner:
         params = dict(self._params)
         if "http_async_client" in fields:
             params["http_async_client"] = http
+        if "http_client" in fields:
+            params["http_client"] = httpx.Client(transport=_NoSyncTransport(), trust_env=False)
         if "max_retries" in fields and "max_retries" not in params:
             params["max_retries"] = 0
         if "request_timeout" in fields and not {"timeout", "request_timeout"} & params.keys():
