@@ -1,7 +1,8 @@
 """Benchmark helper: run one workload through the real `lambda_handler` in a fresh, warmed process.
 
 Prints one JSON line: wall time of the run, the process CPU time spent in it (this process only: the servers
-run elsewhere), peak RSS, the response's totals, and whether LangChain got imported.
+run elsewhere), the CPU of its LLM-mode worker processes, peak RSS, the response's totals, and whether
+LangChain got imported. Env `FAIR_RUNNERS_WORKERS` applies as in the Lambda.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def main() -> None:
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FairRunnersBench")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
+    from fair_runners._settings import Settings
     from handler.app import lambda_handler
 
     request = _request(args)
@@ -87,6 +89,7 @@ def main() -> None:
     finally:
         os.dup2(saved_stdout, 1)
     turns = result["totals"]["turns"]
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # LLM-mode worker processes, reaped by now
     report = {
         "mode": args.mode,
         "sessions": args.sessions,
@@ -96,6 +99,8 @@ def main() -> None:
         "wall_s": round(wall, 4),
         "cpu_s": round(cpu, 4),
         "cpu_ms_per_turn": round(cpu * 1000 / turns, 4),
+        "workers": Settings.from_env().worker_count(args.sessions) if args.mode == "llm" else 1,
+        "workers_cpu_s": round(children.ru_utime + children.ru_stime, 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "successes": result["totals"]["successes"],
         "failures": result["totals"]["failures"],

@@ -12,10 +12,13 @@ Workloads, side by side in one run:
   (a) --sessions x --turns at --latency-ms, --concurrency sessions in flight, both modes: wall time vs the
       critical path (turns x latency; target <= 1.5x) and vs the sequential baseline (target >= 30x faster).
   (b) --cpu-sessions x --cpu-turns at 0 ms: runner CPU ms per turn (target <= 0.5) and peak RSS (<= 250 MB).
+  (d) --llm-sessions x --llm-turns at 0 ms in LLM mode, where the provider SDK makes the run CPU-bound:
+      throughput with every turn in one process (FAIR_RUNNERS_WORKERS=1) and with the worker processes
+      `auto` picks on this machine.
   (c) cold start: `import handler.app` in a fresh interpreter, median of --import-runs (target <= 0.4 s),
       and whether LangChain got loaded (it must not be).
 
-Flags: --only a,b,c  --no-baseline  --setup-only  --fallback-baseline (skip the package, use the built-in
+Flags: --only a,b,c,d  --no-baseline  --setup-only  --fallback-baseline (skip the package, use the built-in
 sequential loop)  --json PATH (default .bench/results.json)  --markdown PATH (also write the table there).
 """
 
@@ -115,20 +118,23 @@ def servers(latency_ms: float) -> Iterator[dict[str, Any]]:
             proc.kill()
 
 
-def _json_line(cmd: list[str], timeout: float = 900) -> dict[str, Any]:
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def _json_line(cmd: list[str], timeout: float = 900, env: dict[str, str] | None = None) -> dict[str, Any]:
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd[:3])} failed (exit {done.returncode}): {done.stderr[-2000:]}")
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
-def measure(mode: str, url: str, sessions: int, turns: int, concurrency: int) -> dict[str, Any]:
+def measure(
+    mode: str, url: str, sessions: int, turns: int, concurrency: int, workers: str = "auto"
+) -> dict[str, Any]:
     """One workload through `lambda_handler` in a fresh process."""
     cmd = [sys.executable, str(BENCH / "_measure.py"), "--mode", mode, "--url", url]
     cmd += ["--sessions", str(sessions), "--turns", str(turns), "--concurrency", str(concurrency)]
     cmd += ["--provider", "groq"]  # the class the baseline virtualenv has too (alquimia-fair-forge needs it)
-    return _json_line(cmd)
+    env = {**os.environ, "FAIR_RUNNERS_WORKERS": workers}
+    return _json_line(cmd, env=env)
 
 
 def baseline(mode: str, url: str, sessions: int, turns: int, fallback: bool) -> dict[str, Any]:
@@ -192,6 +198,8 @@ def table(results: dict[str, Any]) -> str:
     if speed:
         for mode, row in speed["modes"].items():
             label = f"{speed['sessions']}x{speed['turns']} @ {speed['latency_ms']:g} ms, {mode}"
+            if row.get("workers", 1) > 1:
+                label += f" ({row['workers']} worker processes)"
             critical = speed["critical_path_s"]
             lines.append(
                 f"| {label} | wall time (median of {len(row.get('wall_s_runs', [1]))}) "
@@ -208,6 +216,19 @@ def table(results: dict[str, Any]) -> str:
         label = f"{cpu['sessions']}x{cpu['turns']} @ 0 ms, alquimia"
         lines.append(f"| {label} | runner CPU per turn | {cpu['cpu_ms_per_turn']:.3f} ms | <= 0.5 ms | | |")
         lines.append(f"| {label} | peak RSS | {cpu['peak_rss_mb']:.0f} MB | <= 250 MB | | |")
+    llm = results.get("llm_throughput")
+    if llm:
+        label = f"{llm['sessions']}x{llm['turns']} @ 0 ms, llm"
+        one, auto = llm["one_process"], llm["auto"]
+        lines.append(
+            f"| {label} | throughput, every turn in one process | {one['turns_per_s']:.0f} turns/s "
+            f"({one['wall_s']:.2f} s) | | | |"
+        )
+        lines.append(
+            f"| {label} | throughput, {auto['workers']} worker processes (`auto`) "
+            f"| {auto['turns_per_s']:.0f} turns/s ({auto['wall_s']:.2f} s) | | "
+            f"| **{llm['speedup']:.2f}x** one process |"
+        )
     cold = results.get("cold_start")
     if cold:
         loaded = "yes (FAIL)" if cold["langchain_loaded"] else "no"
@@ -227,7 +248,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="a,b,c", help="which workloads: a (speed), b (cpu), c (cold start)")
+    parser.add_argument(
+        "--only", default="a,b,c,d", help="workloads: a (speed), b (cpu), c (cold start), d (llm throughput)"
+    )
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--latency-ms", type=float, default=50.0)
@@ -235,6 +258,8 @@ def main() -> int:
     parser.add_argument("--cpu-sessions", type=int, default=2000)
     parser.add_argument("--cpu-turns", type=int, default=5)
     parser.add_argument("--cpu-concurrency", type=int, default=50)
+    parser.add_argument("--llm-sessions", type=int, default=200)
+    parser.add_argument("--llm-turns", type=int, default=5)
     parser.add_argument("--import-runs", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=5, help="runs of each (a) workload; the median counts")
     parser.add_argument("--no-baseline", action="store_true", help="skip the sequential baseline")
@@ -315,6 +340,21 @@ def main() -> int:
                 "alquimia", urls["alquimia"], args.cpu_sessions, args.cpu_turns, args.cpu_concurrency
             ) | {"sessions": args.cpu_sessions, "turns": args.cpu_turns}
             results["cpu"]["server_cpu_s"] = round(process_cpu_s(urls["pid"]) - server_cpu, 3)
+    if "d" in only:
+        with servers(0.0) as urls:
+            shape = ("llm", urls["llm"], args.llm_sessions, args.llm_turns, args.cpu_concurrency)
+            best: dict[str, dict[str, Any]] = {}
+            for workers in ("1", "auto"):  # median of 3 fresh processes each
+                runs = sorted((measure(*shape, workers=workers) for _ in range(3)), key=lambda r: r["wall_s"])
+                row = runs[1] | {"wall_s_runs": [r["wall_s"] for r in runs]}
+                row["turns_per_s"] = round(args.llm_sessions * args.llm_turns / row["wall_s"], 1)
+                best["one_process" if workers == "1" else "auto"] = row
+            results["llm_throughput"] = {
+                "sessions": args.llm_sessions,
+                "turns": args.llm_turns,
+                **best,
+                "speedup": round(best["one_process"]["wall_s"] / best["auto"]["wall_s"], 2),
+            }
     if "c" in only:
         with servers(0.0) as urls:
             results["cold_start"] = cold_start(args.import_runs, urls["alquimia"])

@@ -196,7 +196,21 @@ def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-runners-dns")
+def _new_dns_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-runners-dns")
+
+
+_DNS_POOL = _new_dns_pool()
+
+
+def _reset_dns_pool_in_child() -> None:
+    # A forked worker (LLM mode) inherits the pool object but not its threads: work handed to it would wait
+    # for a thread that does not exist. Start the child with a pool of its own.
+    global _DNS_POOL
+    _DNS_POOL = _new_dns_pool()
+
+
+os.register_at_fork(after_in_child=_reset_dns_pool_in_child)
 
 
 def _dns_timeout() -> float:

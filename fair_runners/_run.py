@@ -56,13 +56,21 @@ class PreparedRun:
 
             from .runners.llm import LLMRunner
 
-            return LLMRunner(
+            llm = LLMRunner(
                 self._runner_args["model_class"],
                 self._runner_args["params"],
                 timeout=httpx.Timeout(self.options.turn_timeout_s, connect=connect_s),
                 max_connections=self.options.max_concurrency,
                 transport=self.transport,
             )
+            # The provider SDKs cost ~1-2 ms of CPU a turn: spread the turns over the vCPUs there are. An
+            # injected test transport lives in this process, so it keeps the run here too.
+            workers = self.settings.worker_count(len(self.request.datasets))
+            if workers > 1 and self.transport is None:
+                from .runners._procs import ProcessRunner
+
+                return ProcessRunner(llm, workers)
+            return llm
         from .runners.alquimia import AlquimiaRunner
 
         return AlquimiaRunner(

@@ -1,0 +1,265 @@
+"""LLM mode over forked worker processes: same answers, order, faults, deadline and accounting as in-process.
+
+Every test runs real forks against the loopback OpenAI-compatible server. To prove which process answered,
+`LLMRunner.run_turn` is wrapped (before the fork, so the workers inherit it) to tag each answer with its pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from fair_runners import run_sync
+from fair_runners._engine import Engine, EngineOptions
+from fair_runners._errors import ConfigurationError
+from fair_runners._events import Event, TurnFinished
+from fair_runners._schemas import Dataset
+from fair_runners._settings import Settings, available_vcpus
+from fair_runners.runners._base import TurnInput, TurnOutput
+from fair_runners.runners._procs import ProcessRunner
+from fair_runners.runners.llm import LLMRunner
+from fair_runners.testing import Fault
+
+from .conftest import LLM_KEY, llm_request, make_datasets
+from .helpers import turns
+
+
+@pytest.fixture
+def pid_tagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers end with ` [pid N]`, N the process that ran the turn."""
+    original = LLMRunner.run_turn
+
+    async def tagged(self: LLMRunner, turn: TurnInput) -> TurnOutput:
+        output = await original(self, turn)
+        return TurnOutput(f"{output.content} [pid {os.getpid()}]", output.input_tokens, output.output_tokens)
+
+    monkeypatch.setattr(LLMRunner, "run_turn", tagged)
+
+
+@pytest.fixture
+def two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIR_RUNNERS_WORKERS", "2")
+
+
+def _pids(result: dict[str, Any]) -> set[int]:
+    return {
+        int(batch["assistant"].rsplit("[pid ", 1)[1].rstrip("]"))
+        for dataset in result["datasets"]
+        for batch in dataset["conversation"]
+        if "[pid " in batch["assistant"]
+    }
+
+
+# -- how many workers --------------------------------------------------------------------------------------
+
+
+def test_auto_uses_one_worker_per_vcpu_and_per_eight_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", raising=False)
+    auto = Settings()
+    assert [auto.worker_count(n) for n in (1, 7, 8, 16, 31, 32, 500)] == [1, 1, 1, 2, 3, 4, 4]
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "vcpus"), [("128", 1), ("1024", 1), ("1769", 1), ("3008", 2), ("10240", 4)]
+)
+def test_on_lambda_the_memory_size_sets_the_vcpus(
+    monkeypatch: pytest.MonkeyPatch, memory_mb: str, vcpus: int
+) -> None:
+    # Lambda shows every function at least two CPUs but throttles small ones to their memory's share.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", memory_mb)
+    assert available_vcpus() == vcpus
+    assert Settings().worker_count(1000) == vcpus
+
+
+def test_env_sets_the_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAIR_RUNNERS_WORKERS", "3")
+    settings = Settings.from_env()
+    assert settings.workers == 3
+    assert [settings.worker_count(n) for n in (1, 2, 50)] == [1, 2, 3]
+    monkeypatch.setenv("FAIR_RUNNERS_WORKERS", "auto")
+    assert Settings.from_env().workers is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("FAIR_RUNNERS_WORKERS", value)
+    with pytest.raises(ConfigurationError, match="FAIR_RUNNERS_WORKERS"):
+        Settings.from_env()
+
+
+# -- runs over workers ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "groq"])
+def test_every_turn_answered_in_order_with_history_across_workers(
+    llm: Any, pid_tagged: None, two_workers: None, provider: str
+) -> None:
+    datasets = make_datasets(sessions=6, turns=4, extra_field={"kept": True})
+    datasets[2]["context"] = "You are terse."
+    result = run_sync(llm_request(llm, datasets, provider=provider, max_concurrency=6)).model_dump()
+    assert result["complete"] and result["totals"]["successes"] == 24
+    pids = _pids(result)
+    assert len(pids) == 2 and os.getpid() not in pids  # both workers answered, this process none
+    for i, dataset in enumerate(result["datasets"]):
+        assert dataset["extra_field"] == {"kept": True}
+        assert [b["qa_id"] for b in dataset["conversation"]] == [f"s{i}-q{j}" for j in range(4)]
+        for j, batch in enumerate(dataset["conversation"]):
+            system = "yes" if i == 2 else "no"
+            assert batch["assistant"].startswith(f"echo: question {j} of s{i} (history={j}, system={system})")
+    assert [t["status"] for t in turns(result, 0)] == ["ok"] * 4
+    assert result["totals"]["input_tokens"] > 0 and result["totals"]["output_tokens"] > 0
+
+
+def test_auto_workers_run_a_big_llm_request_in_processes(
+    llm: Any, pid_tagged: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", raising=False)
+    big = run_sync(llm_request(llm, make_datasets(sessions=16, turns=1), max_concurrency=16)).model_dump()
+    assert big["totals"]["successes"] == 16 and len(_pids(big)) == 2
+    small = run_sync(llm_request(llm, make_datasets(sessions=7, turns=1))).model_dump()
+    assert _pids(small) == {os.getpid()}  # too small to be worth a fork
+
+
+def test_a_hostname_resolves_inside_the_workers(
+    llm: Any, pid_tagged: None, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once this process has used its DNS thread pool, a forked worker must not inherit the pool without its
+    # threads, or every lookup in the worker would wait for a thread that is not there.
+    from fair_runners import _netguard
+
+    assert _netguard.resolve_checked("public.test", 443)  # the pool now has an idle thread
+    port = llm.url.rsplit(":", 1)[1]
+    monkeypatch.setenv("FAIR_RUNNERS_ALLOWED_HOSTS", f"loopback.test:{port}")
+    monkeypatch.setenv("FAIR_RUNNERS_DNS_TIMEOUT_S", "2")
+    request = llm_request(llm, make_datasets(sessions=4, turns=2), provider="groq")
+    request["connector"]["params"]["base_url"] = f"http://loopback.test:{port}"
+    started = time.monotonic()
+    result = run_sync(request).model_dump()
+    assert result["totals"]["successes"] == 8, result["datasets"][0]["conversation"][0]["assistant"]
+    assert len(_pids(result)) == 2 and time.monotonic() - started < 2
+
+
+def test_faults_are_retried_and_rate_limits_apply_to_all_workers(
+    llm: Any, pid_tagged: None, two_workers: None
+) -> None:
+    llm.latency_s = 0.01
+    llm.add_fault(
+        Fault("status", status=500, query="question 1 of s0", times=2),
+        Fault("status", status=429, retry_after=0.5, query="question 2 of s3"),
+    )
+    result = run_sync(llm_request(llm, make_datasets(sessions=4, turns=4), max_concurrency=4)).model_dump()
+    assert result["complete"] and result["totals"]["successes"] == 16
+    assert turns(result, 0)[1]["attempts"] == 3
+    assert turns(result, 3)[2]["attempts"] == 2 and turns(result, 3)[2]["retry_wait_ms"] >= 500
+    assert result["totals"]["retries"] == 3
+    # One limiter for the backend, in the parent: the 429 cut the concurrency of every worker.
+    assert any("concurrency was reduced to 2 (from 4)" in w for w in result["warnings"])
+
+
+def test_an_invalid_key_stops_every_worker(llm: Any, two_workers: None) -> None:
+    llm.latency_s = 0.02
+    request = llm_request(llm, make_datasets(sessions=4, turns=3), max_concurrency=4)
+    request["connector"]["params"]["api_key"] = "wrong-key"
+    result = run_sync(request).model_dump()
+    assert result["totals"]["failures"] == 12
+    assert {t["error_type"] for s in range(4) for t in turns(result, s)} == {"authentication"}
+    assert len(llm.requests) <= 4  # at most the first wave: the rest were never sent
+    assert "wrong-key" not in str(result)
+
+
+def test_a_hang_times_out_in_the_worker_and_the_others_go_on(
+    llm: Any, pid_tagged: None, two_workers: None
+) -> None:
+    llm.add_fault(Fault("hang", query="question 0 of s1"))
+    started = time.monotonic()
+    request = llm_request(llm, make_datasets(sessions=4, turns=2), turn_timeout_s=0.5, max_attempts=1)
+    result = run_sync(request).model_dump()
+    assert time.monotonic() - started < 3
+    assert [t["status"] for t in turns(result, 1)] == ["error", "ok"]
+    assert turns(result, 1)[0]["error_type"] == "timeout"
+    assert result["totals"]["successes"] == 7
+
+
+def test_the_deadline_cuts_worker_turns_and_a_repost_finishes_them(
+    llm: Any, pid_tagged: None, two_workers: None
+) -> None:
+    llm.latency_s = 0.15
+    request = llm_request(llm, make_datasets(sessions=4, turns=6), max_concurrency=4)
+    started = time.monotonic()
+    first = run_sync(request, deadline_s=0.5).model_dump()
+    assert time.monotonic() - started < 1.5
+    assert not first["complete"] and first["totals"]["skipped"] > 0
+    for s in range(4):
+        statuses = [t["status"] for t in turns(first, s)]
+        assert statuses == sorted(statuses, key=lambda x: x != "ok")  # answered first, then skipped
+        assert set(statuses) <= {"ok", "skipped"}
+    llm.latency_s = 0.0
+    again = {**request, "datasets": first["datasets"], "options": {"skip_answered": True}}
+    second = run_sync(again).model_dump()
+    assert second["complete"] and second["totals"]["failures"] == 0
+    kept = sum(t["status"] == "kept" for s in range(4) for t in turns(second, s))
+    assert kept == first["totals"]["successes"]
+    for i, dataset in enumerate(second["datasets"]):  # history rebuilt from the answers already there
+        for j, batch in enumerate(dataset["conversation"]):
+            assert batch["assistant"].startswith(f"echo: question {j} of s{i} (history={j}, ")
+
+
+def test_a_worker_killed_mid_run_loses_nothing(llm: Any, pid_tagged: None) -> None:
+    llm.latency_s = 0.05
+    datasets = [Dataset.model_validate(d) for d in make_datasets(sessions=6, turns=4)]
+    base_url = llm.url
+    killed: list[int] = []
+
+    async def scenario() -> tuple[Any, list[int]]:
+        from langchain_groq import ChatGroq
+
+        params = {"model": "m", "api_key": LLM_KEY, "base_url": base_url}
+        runner = ProcessRunner(LLMRunner(ChatGroq, params, timeout=httpx.Timeout(5)), 2)
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, TurnFinished) and not killed:
+                victim = runner.worker_pids[0]
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+
+        async with runner:
+            pids = list(runner.worker_pids)
+            options = EngineOptions(max_concurrency=6, backoff_base_s=0.01, backoff_max_s=0.05)
+            engine = Engine(runner, options, on_event=on_event, use_history=True)
+            return await engine.run(datasets), pids
+
+    outcome, pids = asyncio.run(scenario())
+    assert killed and killed[0] in pids
+    assert outcome.complete and outcome.totals.successes == 24 and outcome.totals.failures == 0
+    assert outcome.totals.retries >= 1  # the turns in flight in the dead worker were sent again
+    for i, dataset in enumerate(outcome.datasets):
+        for j, batch in enumerate(dataset.conversation):
+            assert batch.assistant.startswith(f"echo: question {j} of s{i} (history={j}, ")
+    last_turns = [d.conversation[-1].assistant for d in outcome.datasets]
+    # once one worker had died, the other answered everything
+    assert {int(a.rsplit("[pid ", 1)[1].rstrip("]")) for a in last_turns} == {pids[1]}
+
+
+def test_workers_are_gone_after_the_run(llm: Any, two_workers: None) -> None:
+    async def scenario() -> list[int]:
+        from langchain_openai import ChatOpenAI
+
+        params = {"model": "m", "api_key": LLM_KEY, "base_url": f"{llm.url}/v1"}
+        async with ProcessRunner(LLMRunner(ChatOpenAI, params, timeout=httpx.Timeout(5)), 2) as runner:
+            pids = runner.worker_pids
+            turn = TurnInput("s", "", Dataset.model_validate(make_datasets(1, 1)[0]).conversation[0])
+            assert (await runner.run_turn(turn)).content.startswith("echo: question 0 of s0")
+        return pids
+
+    for pid in asyncio.run(scenario()):
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped: not even a zombie is left
