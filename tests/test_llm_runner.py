@@ -103,3 +103,58 @@ def test_empty_model_answer_is_a_turn_failure(llm: Any) -> None:
     record = turns(result.model_dump(), 0)[0]
     assert record["status"] == "error" and record["error_type"] == "empty_answer"
     assert result.datasets[0].conversation[1].assistant.startswith("echo: question 1")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_the_provider_sync_client_sends_nothing(llm: Any, provider: str) -> None:
+    # The runner only awaits the async API; the SDK's sync client would not pass the network guard, so the
+    # one it gets refuses every request.
+    import asyncio
+
+    import httpx
+    from langchain_core.messages import HumanMessage
+    from langchain_groq import ChatGroq
+    from langchain_openai import ChatOpenAI
+
+    from fair_runners.runners.llm import LLMRunner
+
+    model_class, base_url = (ChatOpenAI, f"{llm.url}/v1") if provider == "openai" else (ChatGroq, llm.url)
+    params = {"model": "m", "api_key": LLM_KEY, "base_url": base_url}
+
+    async def scenario() -> str:
+        async with LLMRunner(model_class, params, timeout=httpx.Timeout(5)) as runner:
+            assert runner.model is not None
+            with pytest.raises(Exception):  # noqa: B017 - ours, or the SDK's wrapper of it ("Connection error.")
+                runner.model.invoke([HumanMessage(content="sync question")])
+            reply = await runner.model.ainvoke([HumanMessage(content="async question")])
+            return str(reply.content)
+
+    assert asyncio.run(scenario()).startswith("echo: async question")
+    assert [r["query"] for r in llm.requests] == ["async question"]
+
+
+def test_the_ca_bundle_is_loaded_once_per_process(llm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading the CA bundle costs ~20 ms; it used to happen twice per LLM run (our client and the SDK's
+    # sync one). httpx loads it whenever `create_ssl_context` gets no ready-made context.
+    import ssl
+
+    import httpx
+    from httpx._transports import default as httpx_default
+
+    from fair_runners.runners import llm as llm_module
+
+    llm_module._tls_context.cache_clear()
+    loads: list[object] = []
+    original = httpx.create_ssl_context
+
+    def counting(verify: Any = True, *args: Any, **kwargs: Any) -> ssl.SSLContext:
+        if not isinstance(verify, ssl.SSLContext):
+            loads.append(verify)
+        return original(verify, *args, **kwargs)
+
+    monkeypatch.setattr(httpx, "create_ssl_context", counting)
+    monkeypatch.setattr(httpx_default, "create_ssl_context", counting)
+    for provider in PROVIDERS:
+        for _ in range(2):
+            assert run_sync(llm_request(llm, make_datasets(sessions=1, turns=1), provider=provider)).complete
+    assert len(loads) == 1
