@@ -20,6 +20,7 @@ from ._errors import (
     PermanentBackendError,
     RateLimited,
     TurnTimeout,
+    as_backend_error,
 )
 from ._events import (
     EventCallback,
@@ -209,10 +210,8 @@ class Engine:
                     self.deadline_hit = True
                     return  # cut by the deadline: skipped, re-postable
                 error = TurnTimeout(f"no answer within turn_timeout_s={timeout_s:g}")
-            except BackendError as exc:
-                error = exc
             except Exception as exc:
-                error = PermanentBackendError(f"{type(exc).__name__}: {exc}")
+                error = as_backend_error(exc)
             finally:
                 self.limiter.release()
             latency_ms = (time.perf_counter() - begin) * 1000

@@ -118,6 +118,14 @@ class ProtocolError(PermanentBackendError):
     error_type = "protocol"
 
 
+def as_backend_error(exc: BaseException) -> BackendError:
+    """`exc` itself when it is a `BackendError`; any other failure of a turn is permanent (a bug, not a
+    backend hiccup worth retrying)."""
+    if isinstance(exc, BackendError):
+        return exc
+    return PermanentBackendError(f"{type(exc).__name__}: {exc}")
+
+
 def backend_error_from_status(status: int, message: str, retry_after: float | None = None) -> BackendError:
     """Classify an HTTP status code into the error family the retry policy understands."""
     if status == 429:

@@ -22,17 +22,11 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from .. import _errors
-from .._errors import BackendError, PermanentBackendError, TransientBackendError
+from .._errors import PermanentBackendError, TransientBackendError, as_backend_error
 from ._base import Runner, TurnInput, TurnOutput
 
 _HEADER = struct.Struct("!I")
 _STOP_GRACE_S = 2.0
-_ERROR_CLASSES: dict[str, type[BackendError]] = {
-    cls.__name__: cls
-    for cls in vars(_errors).values()
-    if isinstance(cls, type) and issubclass(cls, BackendError)
-}
 
 
 def _frame(message: object) -> bytes:
@@ -43,19 +37,6 @@ def _frame(message: object) -> bytes:
 async def _read(reader: asyncio.StreamReader) -> Any:
     (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
     return pickle.loads(await reader.readexactly(size))
-
-
-def _error_fields(exc: BaseException) -> tuple[str, str, int | None, float | None]:
-    if not isinstance(exc, BackendError):
-        exc = PermanentBackendError(f"{type(exc).__name__}: {exc}")
-    return type(exc).__name__, exc.message, exc.status_code, getattr(exc, "retry_after", None)
-
-
-def _error(name: str, message: str, status: int | None, retry_after: float | None) -> BackendError:
-    cls = _ERROR_CLASSES.get(name, PermanentBackendError)
-    if issubclass(cls, TransientBackendError):
-        return cls(message, status_code=status, retry_after=retry_after)
-    return cls(message, status_code=status)
 
 
 class _Worker:
@@ -149,8 +130,8 @@ class ProcessRunner:
                     continue  # cancelled meanwhile
                 if kind == "ok":
                     future.set_result(body)
-                else:
-                    future.set_exception(_error(*body))
+                else:  # a BackendError: pickling keeps its class, message, status and retry_after
+                    future.set_exception(body)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -198,7 +179,7 @@ async def _serve(runner: Runner, sock: socket.socket) -> None:
         except asyncio.CancelledError:
             return
         except Exception as exc:
-            reply = ("error", turn_id, _error_fields(exc))
+            reply = ("error", turn_id, as_backend_error(exc))
         finally:
             running.pop(turn_id, None)
         writer.write(_frame(reply))
