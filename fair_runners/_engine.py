@@ -30,9 +30,12 @@ from ._events import (
     TurnRetrying,
 )
 from ._redact import Redactor
-from ._schemas import Batch, Dataset, RunTotals, SessionSummary, TurnRecord
+from ._schemas import ERROR_PREFIX, Batch, Dataset, RunTotals, SessionSummary, TurnRecord
+from ._text import to_text
 from ._timing import Deadline, backoff_delay, percentile
 from .runners._base import Runner, TurnInput, TurnOutput
+
+_ERROR_NOTE = "Error: "
 
 logger = logging.getLogger("fair_runners.engine")
 
@@ -119,16 +122,22 @@ class Engine:
             asyncio.create_task(self._worker(queue))
             for _ in range(min(self.options.max_concurrency, len(sessions)))
         ]
-        if workers:
-            remaining = self.deadline.remaining()
-            # Attempts stop themselves at the deadline; this guard only catches a runner that ignores
-            # cancellation for too long.
-            timeout = None if remaining == float("inf") else remaining + 1.0
-            _, pending = await asyncio.wait(workers, timeout=timeout)
+        try:
+            if workers:
+                remaining = self.deadline.remaining()
+                # Attempts stop themselves at the deadline; this guard only catches a runner that ignores
+                # cancellation for too long.
+                timeout = None if remaining == float("inf") else remaining + 1.0
+                _, pending = await asyncio.wait(workers, timeout=timeout)
+                if pending:
+                    self.deadline_hit = True
+        finally:
+            # Also when this run is cancelled: no session may outlive it (and call back, or use a closed
+            # runner).
+            pending = {task for task in workers if not task.done()}
             for task in pending:
                 task.cancel()
             if pending:
-                self.deadline_hit = True
                 await asyncio.wait(pending, timeout=1.0)
         wall_ms = (time.perf_counter() - started) * 1000
         for session in sessions:
@@ -269,8 +278,11 @@ class Engine:
         retry_wait_ms: float,
     ) -> None:
         batch = session.batches[index]
-        session.batches[index] = batch.model_copy(update={"assistant": output.content})
-        session.history.append((batch.query, output.content))
+        content = to_text(output.content)  # a backend's broken UTF-16 must not make the result unwritable
+        session.batches[index] = batch.model_copy(
+            update={"assistant": content, "observation": _without_our_error(batch)}
+        )
+        session.history.append((batch.query, content))
         record = TurnRecord(
             qa_id=batch.qa_id,
             status="ok",
@@ -293,10 +305,11 @@ class Engine:
         retry_wait_ms: float,
     ) -> None:
         batch = session.batches[index]
-        message = self.redactor.redact(error.message)
-        observation = f"{batch.observation or ''}\nError: {message}".strip()
+        message = self.redactor.redact(to_text(error.message))
+        earlier = _without_our_error(batch)
+        observation = f"{earlier}\n{_ERROR_NOTE}{message}" if earlier else f"{_ERROR_NOTE}{message}"
         session.batches[index] = batch.model_copy(
-            update={"assistant": f"[ERROR] {message}", "observation": observation}
+            update={"assistant": f"{ERROR_PREFIX}{message}", "observation": observation}
         )
         record = TurnRecord(
             qa_id=batch.qa_id,
@@ -311,6 +324,11 @@ class Engine:
 
     def _finish_session(self, session: _Session) -> None:
         self._finished.add(session.index)
+        if self.options.skip_answered:  # answered turns after a deadline cut are kept, not skipped
+            for i, batch in enumerate(session.batches):
+                if session.records[i] is None and batch.has_answer():
+                    session.records[i] = kept = TurnRecord(qa_id=batch.qa_id, status="kept")
+                    self._emit(TurnFinished(session.dataset.session_id, kept))
         session.result = _summarise(session)
         self._emit(SessionFinished(session.index, *session.result))
 
@@ -340,6 +358,23 @@ class Engine:
             complete=skipped == 0 and not self.deadline_hit,
             min_concurrency=self.limiter.min_seen,
         )
+
+
+def _without_our_error(batch: Batch) -> str | None:
+    """The turn's `observation` without the error note an earlier run of this turn appended to it.
+
+    A re-posted `[ERROR] msg` turn carries `observation` ending in `Error: msg` (our note): a new answer or
+    a new error replaces that note rather than piling up beside it. The caller's own text is kept as sent.
+    """
+    observation = batch.observation
+    if not observation or not batch.assistant.startswith(ERROR_PREFIX):
+        return observation
+    note = _ERROR_NOTE + batch.assistant[len(ERROR_PREFIX) :]
+    if observation == note:
+        return None
+    if observation.endswith("\n" + note):
+        return observation[: -len(note) - 1]
+    return observation
 
 
 def _summarise(session: _Session) -> tuple[Dataset, SessionSummary]:

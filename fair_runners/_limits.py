@@ -15,13 +15,15 @@ Over a limit is `PayloadTooLarge` (HTTP 413); its message names the limit, its v
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import PayloadTooLarge
+from ._errors import InvalidRequest, PayloadTooLarge
 from ._schemas import RunRequest
 from ._settings import _env_number
+from ._text import is_text, to_text
 
 
 @dataclass(frozen=True)
@@ -74,20 +76,81 @@ def check_decoded_body(body: str, limits: Limits | None = None) -> None:
 
 
 def check_depth(payload: Any, limits: Limits | None = None) -> None:
-    """Refuse objects/arrays nested deeper than `max_json_depth` (iterative: no recursion to exhaust)."""
+    """Refuse nesting deeper than `max_json_depth`, and values JSON text cannot carry.
+
+    One iterative walk (no recursion to exhaust) also refuses a number that is not finite (`1e400` parses
+    to infinity, which no JSON response can hold) and a string or key holding an unpaired UTF-16 surrogate
+    (`"\\ud800"` parses, but is not Unicode text and cannot be written as UTF-8): `InvalidRequest` naming it.
+    """
     limit = (limits or Limits.from_env()).max_json_depth
     stack: list[tuple[Any, int]] = [(payload, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, Mapping):
             children: Any = node.values()
+            for key in node:
+                if isinstance(key, str) and not is_text(key):
+                    raise _not_text(payload, key, limit)
         elif isinstance(node, list | tuple):
             children = node
+        elif isinstance(node, str):
+            if not is_text(node):
+                raise _not_text(payload, node, limit)
+            continue
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                loc = _path_to(payload, node, limit + 2) or ""
+                raise InvalidRequest(
+                    f"invalid request: {loc or 'body'}: a number is not finite",
+                    [
+                        {
+                            "loc": loc,
+                            "msg": "numbers must be finite (NaN, Infinity and out-of-range numbers "
+                            "such as 1e400 are not JSON values)",
+                        }
+                    ],
+                )
+            continue
         else:
             continue
         if depth > limit:
             raise _too_large("", "the nesting depth of the request", limit, "FAIR_RUNNERS_MAX_JSON_DEPTH")
         stack.extend((child, depth + 1) for child in children)
+
+
+def _not_text(payload: Any, bad: str, limit: int) -> InvalidRequest:
+    loc = to_text(_path_to(payload, bad, limit + 2) or "")  # the bad text may be a key, hence in `loc`
+    return InvalidRequest(
+        f"invalid request: {loc or 'body'}: the text is not valid Unicode",
+        [
+            {
+                "loc": loc,
+                "msg": "holds an unpaired UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
+            }
+        ],
+    )
+
+
+def _path_to(node: Any, target: Any, depth: int, path: tuple[str, ...] = ()) -> str | None:
+    """Dotted location of `target` (by identity; a key counts as its own location), `depth` levels deep."""
+    if node is target:
+        return ".".join(path)
+    if depth <= 0:
+        return None
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            here = (*path, str(key))
+            if key is target:
+                return ".".join(here)
+            found = _path_to(value, target, depth - 1, here)
+            if found is not None:
+                return found
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            found = _path_to(value, target, depth - 1, (*path, str(i)))
+            if found is not None:
+                return found
+    return None
 
 
 def check_payload(payload: Any, limits: Limits | None = None) -> None:

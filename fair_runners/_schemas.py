@@ -20,7 +20,7 @@ from pydantic import (
 
 TurnStatus = Literal["ok", "error", "skipped", "kept"]
 
-_ERROR_PREFIX = "[ERROR] "
+ERROR_PREFIX = "[ERROR] "  # how a failed turn's `assistant` starts
 # s3://bucket/key (an object) and s3://bucket/ or s3://bucket/prefix/ (a place to write).
 _S3_BUCKET = r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
 _S3_OBJECT_URI = rf"^s3://{_S3_BUCKET}/[^\s]+$"
@@ -44,7 +44,7 @@ class Batch(BaseModel):
 
     def has_answer(self) -> bool:
         """True when `assistant` holds a real answer (not empty, not an error marker)."""
-        return bool(self.assistant.strip()) and not self.assistant.startswith(_ERROR_PREFIX)
+        return bool(self.assistant.strip()) and not self.assistant.startswith(ERROR_PREFIX)
 
 
 class Dataset(BaseModel):

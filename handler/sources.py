@@ -129,7 +129,7 @@ def http_payload(source: Source) -> Any:
             "the request body is empty", [{"loc": "body", "msg": "a JSON object is required"}]
         )
     try:
-        return json.loads(body, parse_constant=_no_constant)
+        return json.loads(body, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -137,13 +137,16 @@ def http_payload(source: Source) -> Any:
         ) from None
     except RecursionError:
         raise InvalidRequest("the body is nested too deeply", [{"loc": "body", "msg": "too deep"}]) from None
+    except ValueError as exc:  # CPython's limit on the digits of an integer literal (4,300)
+        raise InvalidRequest(
+            "the body is not valid JSON here: a number is too long",
+            [{"loc": "body", "msg": f"invalid JSON: {str(exc)[:200]}"}],
+        ) from None
 
 
-def _no_constant(name: str) -> Any:
-    raise InvalidRequest(
-        f"the body is not valid JSON: {name} is not a JSON value",
-        [{"loc": "body", "msg": f"invalid JSON: {name} (NaN/Infinity are not JSON)"}],
-    )
+def _constant(name: str) -> float:
+    """`NaN`/`Infinity` are not JSON, but parsing them as numbers lets the checks name the field."""
+    return float(name)
 
 
 def http_response(status: int, body: Any, request_id: str) -> dict[str, Any]:

@@ -315,6 +315,82 @@ def test_skip_answered_keeps_answers_and_feeds_history() -> None:
     assert outcome.summaries[0].successes == 3
 
 
+def test_answered_turns_after_a_deadline_cut_are_kept_not_skipped() -> None:
+    async def hang_on_q1(turn: TurnInput, attempt: int) -> TurnOutput:
+        if turn.batch.qa_id.endswith("q1"):
+            await asyncio.sleep(3600)
+        return await _echo(turn, attempt)
+
+    datasets = _datasets(1, 3)
+    datasets[0].conversation[0].assistant = "old0"
+    datasets[0].conversation[2].assistant = "old2"
+    engine = Engine(
+        ScriptedRunner(hang_on_q1), EngineOptions(skip_answered=True), deadline=Deadline.after(0.3)
+    )
+    outcome = asyncio.run(engine.run(datasets))
+    assert [t.status for t in outcome.summaries[0].turns] == ["kept", "skipped", "kept"]
+    assert outcome.summaries[0].successes == 2 and outcome.totals.skipped == 1 and not outcome.complete
+    assert outcome.datasets[0].conversation[2].assistant == "old2"
+
+
+def test_a_reposted_error_turn_loses_its_old_error_note() -> None:
+    async def fail_then_answer(turn: TurnInput, attempt: int) -> TurnOutput:
+        if turn.batch.qa_id == "s0-q0" and not turn.batch.assistant:
+            raise TransientBackendError("boom 503")
+        return await _echo(turn, attempt)
+
+    datasets = _datasets(2, 1)
+    datasets[0].conversation[0].observation = "caller's note "
+    first = _run(ScriptedRunner(fail_then_answer), datasets, max_attempts=1)
+    failed = first.datasets[0].conversation[0]
+    assert failed.assistant == "[ERROR] boom 503"
+    assert failed.observation == "caller's note \nError: boom 503"  # the caller's text kept as sent
+
+    async def fail_again(turn: TurnInput, attempt: int) -> TurnOutput:
+        raise TransientBackendError("still down")
+
+    again = _run(ScriptedRunner(fail_again), first.datasets, max_attempts=1, skip_answered=True)
+    turn = again.datasets[0].conversation[0]
+    assert (turn.assistant, turn.observation) == ("[ERROR] still down", "caller's note \nError: still down")
+
+    fixed = _run(ScriptedRunner(_echo), again.datasets, skip_answered=True)
+    turn = fixed.datasets[0].conversation[0]
+    assert (turn.assistant, turn.observation) == ("a:question 0 of s0", "caller's note ")
+    assert [t.status for s in fixed.summaries for t in s.turns] == ["ok", "kept"]
+
+
+def test_a_cancelled_run_leaves_no_session_running() -> None:
+    events: list[object] = []
+
+    async def slow(turn: TurnInput, attempt: int) -> TurnOutput:
+        await asyncio.sleep(0.2)
+        return await _echo(turn, attempt)
+
+    async def main() -> tuple[int, int]:
+        runner = ScriptedRunner(slow)
+        engine = Engine(runner, EngineOptions(max_concurrency=4), on_event=events.append)
+        task = asyncio.create_task(engine.run(_datasets(4, 5)))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        seen = len(events)
+        alive = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.sleep(0.5)  # a leftover session would answer (and call back) by now
+        return len(alive), len(events) - seen
+
+    alive, late_events = asyncio.run(main())
+    assert alive == 0 and late_events == 0
+
+
+def test_retry_after_that_cannot_be_a_date_is_ignored() -> None:
+    from fair_runners._errors import parse_retry_after
+
+    assert parse_retry_after("Mon, 01 Jan 99999999999 00:00:00 GMT") is None  # OverflowError inside
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT") == 3600.0
+    assert parse_retry_after("nan") is None and parse_retry_after("2") == 2.0
+
+
 # --- options ------------------------------------------------------------------------------------------------
 
 

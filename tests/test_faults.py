@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,9 +11,10 @@ import pytest
 from fair_runners import TurnRetrying, run_sync
 from fair_runners._events import Event
 from fair_runners.testing import Fault
+from handler.app import lambda_handler
 
-from .conftest import alquimia_request, llm_request, make_datasets
-from .helpers import turns
+from .conftest import FakeLambdaContext, alquimia_request, llm_request, make_datasets
+from .helpers import http_event, turns
 
 
 def _statuses(result: Any, session: int) -> list[str]:
@@ -153,3 +155,20 @@ def test_llm_invalid_key_stops_the_backend(llm: Any, provider: str) -> None:
     assert first["error_type"] == "authentication" and first["attempts"] == 1
     later = turns(result.model_dump(), 3)[2]
     assert later["error_type"] == "authentication" and later["attempts"] == 0
+
+
+@pytest.mark.parametrize("mode", ["alquimia", "llm"])
+def test_an_answer_that_is_not_unicode_is_repaired_not_fatal(agent: Any, llm: Any, mode: str) -> None:
+    # Half an emoji (an unpaired UTF-16 surrogate, as a backend slicing UTF-16 strings sends it) cannot be
+    # written as UTF-8: it becomes U+FFFD in that answer, and every other answer is still returned.
+    server = agent if mode == "alquimia" else llm
+    phase = "stream" if mode == "alquimia" else "infer"
+    server.add_fault(Fault("answer", text="Sure! \ud83d", query="question 0 of s1", phase=phase))
+    datasets = make_datasets(sessions=3, turns=2)
+    request = alquimia_request(agent, datasets) if mode == "alquimia" else llm_request(llm, datasets)
+    response = lambda_handler(http_event(request), FakeLambdaContext())
+    assert response["statusCode"] == 200, response["body"]
+    body = json.loads(response["body"])
+    assert body["totals"]["successes"] == 6
+    assert body["datasets"][1]["conversation"][0]["assistant"] == "Sure! \ufffd"
+    response["body"].encode("utf-8")  # the body is real UTF-8 text

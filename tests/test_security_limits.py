@@ -98,6 +98,6 @@ def test_bad_limit_env_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_nan_and_infinity_are_not_json() -> None:
-    for constant in ("NaN", "Infinity", "-Infinity"):
-        outcome = invoke(http_v2('{"datasets": [], "x": ' + constant + "}"))
-        assert_rejected(outcome, "body")
+    for constant in ("NaN", "Infinity", "-Infinity", "1e400", "-1e999"):
+        outcome = invoke(http_v2('{"datasets": [], "x": [1, ' + constant + "]}"))
+        assert_rejected(outcome, "x.1")

@@ -18,6 +18,7 @@ FaultKind = Literal[
     "echo",
     "redirect",
     "echo_answer",
+    "answer",
 ]
 
 
@@ -29,7 +30,8 @@ class Fault:
     Alquimia step (`infer` or `stream`); the OpenAI server has one step. `delay_s` is used by `slow`.
     `echo` answers `status` with a body that repeats the request's headers (Authorization included) and
     body, as a careless backend does; `echo_answer` puts the Authorization header in a successful answer;
-    `redirect` answers `status` (a 3xx) with `Location: location`.
+    `redirect` answers `status` (a 3xx) with `Location: location`; `answer` answers `text` (written with
+    JSON escapes, so it may hold what UTF-8 cannot, such as an unpaired surrogate).
     """
 
     kind: FaultKind
@@ -41,6 +43,7 @@ class Fault:
     phase: Literal["infer", "stream"] = "infer"
     delay_s: float = 0.0
     location: str = "http://169.254.169.254/latest/meta-data/"
+    text: str = ""
 
     def matches(self, query: str, session_id: str | None, phase: str) -> bool:
         """True when this rule applies to the request."""

@@ -82,6 +82,7 @@ class AlquimiaAgent:
                 {
                     "step": "infer",
                     "path": path,
+                    "raw_path": request.scope.get("raw_path", b"").decode("latin-1"),
                     "query_params": dict(request.query_params),
                     "channel": channel,
                     "agent_id": agent_id,
@@ -134,6 +135,8 @@ class AlquimiaAgent:
                 return refusal
             fault = None
         answer = f"{pending.agent_id}: turn {pending.turn} of {pending.session_id}: {pending.query}"
+        if fault is not None and fault.kind == "answer":
+            answer = fault.text
         return StreamingResponse(
             self._events(answer, fault), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )

@@ -91,6 +91,9 @@ class OpenAICompatServer:
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":
                 return JSONResponse(_completion(body, "", next(self._ids)))
+            if fault.kind == "answer":  # ASCII JSON: the text may hold what UTF-8 cannot
+                data = json.dumps(_completion(body, fault.text, next(self._ids)))
+                return Response(data.encode("ascii"), media_type="application/json")
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         has_system = any(m.get("role") == "system" for m in messages)

@@ -1,0 +1,25 @@
+"""Unicode text hygiene: a Python `str` may hold an unpaired UTF-16 surrogate (JSON's `"\\ud800"` parses to
+one), which is not Unicode text and makes every UTF-8 encoder fail. Requests holding one are refused (see
+`_limits`); text from a backend is repaired instead, so one bad answer cannot sink a whole run."""
+
+from __future__ import annotations
+
+import re
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_text(value: str) -> bool:
+    """False when `value` holds an unpaired surrogate (the only `str` that cannot be encoded as UTF-8)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def to_text(value: str) -> str:
+    """`value` with each unpaired surrogate replaced by U+FFFD (the replacement character)."""
+    return value if is_text(value) else _SURROGATE.sub("\ufffd", value)
