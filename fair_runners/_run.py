@@ -136,7 +136,7 @@ def _missing(loc: str, msg: str) -> dict[str, str]:
 def _prepare_alquimia(
     request: RunRequest, redactor: Redactor, credentials: Mapping[str, str]
 ) -> dict[str, Any]:
-    from .runners.alquimia import AlquimiaTarget
+    from .runners.alquimia import AlquimiaTarget, header_problem, segment_problem
 
     config = request.config
     base_url = (config.base_url if config else None) or os.environ.get("ALQUIMIA_BASE_URL")
@@ -157,12 +157,21 @@ def _prepare_alquimia(
     assert base_url and api_key and agent_id
     redactor.add(api_key)
     check_url(base_url, "config.base_url")
+    channel_id = (config.channel_id if config else None) or "chat"
+    api_version = (config.api_version if config else None) or ""
+    # Each is one piece of the agent's URLs (or, for the key, a header): never a way to another path.
+    for loc, why in (
+        ("config.api_key", header_problem(api_key)),
+        ("config.agent_id", segment_problem(agent_id)),
+        ("config.channel_id", segment_problem(channel_id)),
+        ("config.api_version", segment_problem(api_version, several=True)),
+    ):
+        if why is not None:
+            problems.append({"loc": loc, "msg": why})
+    if problems:
+        raise InvalidRequest(f"invalid Alquimia target: {problems[0]['loc']} {problems[0]['msg']}", problems)
     target = AlquimiaTarget(
-        base_url=base_url,
-        api_key=api_key,
-        agent_id=agent_id,
-        channel_id=(config.channel_id if config else None) or "chat",
-        api_version=(config.api_version if config else None) or "",
+        base_url=base_url, api_key=api_key, agent_id=agent_id, channel_id=channel_id, api_version=api_version
     )
     return {"target": target}
 
@@ -184,6 +193,9 @@ def _prepare_llm(request: RunRequest, redactor: Redactor, credentials: Mapping[s
         params["api_key"] = api_key
         redactor.add(api_key)
     model_class = load_chat_model_class(spec)
+    from .runners.llm import check_model  # LangChain, only once the class_path has passed
+
+    check_model(model_class, params)
     return {"model_class": model_class, "params": params}
 
 

@@ -158,6 +158,19 @@ def _handle_http(source: Source, context: Any, request_id: str) -> dict[str, Any
         metrics.add_metric(name="RunStatusReads", unit=MetricUnit.Count, value=1)
         return http_response(200, aws.describe_run(run_id, aws.AwsSettings.from_env()), request_id)
     payload = http_payload(source)
+    if isinstance(payload, dict) and "request_uri" in payload:
+        # A stored request holds another run's target and maybe its inline key: only the state machine,
+        # which wrote it, may point a batch at it; an HTTP caller sends its own.
+        raise InvalidRequest(
+            "request_uri is not accepted over HTTP",
+            [
+                {
+                    "loc": "request_uri",
+                    "msg": "only Step Functions executions read a stored request; over HTTP send "
+                    "`config` or `connector` (keys may come from the deployment's secrets)",
+                }
+            ],
+        )
     aws_settings = aws.AwsSettings.from_env()
     key = aws.idempotency_key(source.headers, payload)
     idempotent = bool(key and aws_settings.idempotency_table)

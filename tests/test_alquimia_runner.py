@@ -76,6 +76,17 @@ def test_api_version_channel_and_agentic(agent: Any) -> None:
     assert all(r["path"].startswith("/v2/event/stream/") for r in agent.requests if r["step"] == "stream")
 
 
+def test_url_pieces_are_percent_encoded(agent: Any) -> None:
+    # Anything a segment may not hold literally is encoded; "%" too, so "%2e%2e" can never become "..".
+    request = alquimia_request(agent, make_datasets(sessions=1, turns=1))
+    request["config"].update(agent_id="support bot %2e%2e", channel_id="web:chat", api_version="v2/beta")
+    result = run_sync(request)
+    assert result.totals.successes == 1
+    (infer,) = agent.infer_requests()
+    assert infer["raw_path"] == "/v2/beta/event/infer/web:chat/support%20bot%20%252e%252e"
+    assert infer["agent_id"] == "support bot %2e%2e"
+
+
 @pytest.mark.parametrize(
     ("fault", "error_type"),
     [

@@ -70,6 +70,32 @@ ALQUIMIA_CASES: list[tuple[str, Mutate, str]] = [
     ("no base_url anywhere", _drop("config.base_url"), "config.base_url"),
     ("no agent_id", _drop("config.agent_id"), "config.agent_id"),
     ("no target at all", _drop("config"), "config"),
+    # Text that is not Unicode (an unpaired UTF-16 surrogate) and numbers JSON cannot carry.
+    (
+        "half an emoji in a query",
+        _set("datasets.0.conversation.1.query", "smile \ud83d"),
+        "datasets.0.conversation.1.query",
+    ),
+    (
+        "lone surrogate in an unknown field",
+        _set("datasets.1.conversation.0.note", "\udc00"),
+        "datasets.1.conversation.0.note",
+    ),
+    ("lone surrogate in the context", _set("datasets.1.context", "a\ud800b"), "datasets.1.context"),
+    ("lone surrogate in a key", _set("datasets.0.\ud800", 1), "datasets.0.\ufffd"),
+    (
+        "infinite weight",
+        _set("datasets.1.conversation.0.weight", float("inf")),
+        "datasets.1.conversation.0.weight",
+    ),
+    ("NaN in an unknown field", _set("datasets.0.score", float("nan")), "datasets.0.score"),
+    # Pieces of the agent's URLs and its key header: never a way to another path, query or header.
+    ("agent_id with a path", _set("config.agent_id", "../../admin/users"), "config.agent_id"),
+    ("agent_id with a query", _set("config.agent_id", "bot?agentspace=finance#"), "config.agent_id"),
+    ("agent_id dot-dot", _set("config.agent_id", ".."), "config.agent_id"),
+    ("channel_id with a line break", _set("config.channel_id", "chat\r\nX-Injected: 1"), "config.channel_id"),
+    ("api_version climbing out", _set("config.api_version", "v1/../../admin"), "config.api_version"),
+    ("api_key with a line break", _set("config.api_key", "key\r\nX-Injected: 1"), "config.api_key"),
 ]
 
 LLM_CASES: list[tuple[str, Mutate, str]] = [
@@ -85,6 +111,13 @@ LLM_CASES: list[tuple[str, Mutate, str]] = [
         _set("connector.params.http_async_client", "x"),
         "connector.params.http_async_client",
     ),
+    ("api key with a line break", _set("connector.params.api_key", "k\r\nX: 1"), "connector.params.api_key"),
+    (
+        "organization with a NUL",
+        _set("connector.params.organization", "org\x00"),
+        "connector.params.organization",
+    ),
+    ("model with a line break", _set("connector.params.model", "gpt\nX: 1"), "connector.params.model"),
 ]
 
 
@@ -181,3 +214,51 @@ def test_env_fallback_credentials_make_the_same_request_valid(
     result = lambda_handler(request, FakeLambdaContext())
     assert result["totals"]["successes"] == 1
     assert agent.infer_requests()[0]["authorization"] == f"Bearer {ALQUIMIA_KEY}"
+
+
+def test_a_param_the_model_class_refuses_is_a_400_in_every_process_mode(
+    no_backend_calls: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `reasoning_format` passes the connector rules (a string) but ChatGroq allows three values: the
+    # model is built once when the request is prepared, so worker processes never see it fail.
+    _, llm = no_backend_calls
+    for workers in ("1", "2"):
+        monkeypatch.setenv("FAIR_RUNNERS_WORKERS", workers)
+        request = llm_request(llm, make_datasets(sessions=16, turns=1), provider="groq")
+        request["connector"]["params"]["reasoning_format"] = "bogus"
+        _check_400(request, "connector.params.reasoning_format")
+
+
+def test_numbers_json_cannot_carry_are_refused_by_name(no_backend_calls: Any) -> None:
+    agent, _ = no_backend_calls
+    body = json.dumps(alquimia_request(agent, make_datasets(sessions=2, turns=2)))
+    overflow = body.replace('"query"', '"weight": 1e400, "query"', 1)  # parses to infinity
+    response = lambda_handler(http_event(overflow), FakeLambdaContext())
+    assert response["statusCode"] == 400
+    details = json.loads(response["body"])["details"]
+    assert details[0]["loc"] == "datasets.0.conversation.0.weight" and "finite" in details[0]["msg"]
+    huge = body.replace('"query"', '"n": ' + "9" * 5000 + ', "query"', 1)  # over CPython's 4,300 digits
+    response = lambda_handler(http_event(huge), FakeLambdaContext())
+    assert response["statusCode"] == 400
+    assert json.loads(response["body"])["details"][0]["loc"] == "body"
+
+
+def test_a_key_with_a_line_break_is_not_echoed(no_backend_calls: Any) -> None:
+    agent, _ = no_backend_calls
+    request = alquimia_request(agent, make_datasets(sessions=1, turns=1))
+    request["config"]["api_key"] = "sk-live-SECRET\r\nX-Injected: 1"
+    response = lambda_handler(http_event(request), FakeLambdaContext())
+    assert response["statusCode"] == 400
+    assert "SECRET" not in response["body"] and "X-Injected" not in response["body"]
+
+
+def test_request_uri_is_refused_over_http(no_backend_calls: Any) -> None:
+    # A stored request holds another run's target (maybe its inline key): only the state machine reads it.
+    agent, _ = no_backend_calls
+    request = alquimia_request(agent, make_datasets(sessions=1, turns=1))
+    del request["config"]
+    request["request_uri"] = "s3://fr-results/runs/nightly/request.json"
+    for rest in (False, True):
+        response = lambda_handler(http_event(request, rest=rest), FakeLambdaContext())
+        assert response["statusCode"] == 400, response["body"]
+        assert json.loads(response["body"])["details"][0]["loc"] == "request_uri"

@@ -17,7 +17,7 @@ import pytest
 
 from fair_runners import run_sync
 from fair_runners._engine import Engine, EngineOptions
-from fair_runners._errors import ConfigurationError
+from fair_runners._errors import ConfigurationError, InvalidRequest, PermanentBackendError
 from fair_runners._events import Event, TurnFinished
 from fair_runners._schemas import Dataset
 from fair_runners._settings import Settings, available_vcpus
@@ -263,3 +263,64 @@ def test_workers_are_gone_after_the_run(llm: Any, two_workers: None) -> None:
     for pid in asyncio.run(scenario()):
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # reaped: not even a zombie is left
+
+
+class _FailsToOpen:
+    """A runner that cannot open in a worker: raises `error`, or (None) kills its process."""
+
+    name = "fails-to-open"
+
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    async def __aenter__(self) -> _FailsToOpen:
+        if self.error is None:
+            os._exit(3)
+        raise self.error
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"runner": self.name}
+
+    async def run_turn(self, turn: TurnInput) -> TurnOutput:
+        raise AssertionError("never reached")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "text"),
+    [
+        (InvalidRequest("bad params", [{"loc": "connector.params.x", "msg": "no"}]), InvalidRequest, "bad"),
+        (RuntimeError("model broke"), PermanentBackendError, "RuntimeError: model broke"),
+        (None, PermanentBackendError, "did not start (exit code 3)"),
+    ],
+)
+def test_a_worker_that_cannot_open_its_runner_fails_the_start_not_every_turn(
+    error: Exception | None, expected: type[Exception], text: str
+) -> None:
+    # The same error as in one process (an InvalidRequest stays one, with its details), raised when the
+    # workers start, and no process left behind.
+    started: list[int] = []
+
+    async def scenario() -> None:
+        runner = ProcessRunner(_FailsToOpen(error), 2)
+        original = runner._stop
+
+        async def stop() -> None:
+            started.extend(runner.worker_pids)
+            await original()
+
+        runner._stop = stop  # type: ignore[method-assign]
+        async with runner:
+            raise AssertionError("the runner should not have opened")
+
+    with pytest.raises(expected) as info:
+        asyncio.run(scenario())
+    assert text in str(info.value)
+    if isinstance(info.value, InvalidRequest):
+        assert info.value.details == [{"loc": "connector.params.x", "msg": "no"}]
+    assert len(started) == 2
+    for pid in started:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

@@ -22,11 +22,12 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from .._errors import PermanentBackendError, TransientBackendError, as_backend_error
+from .._errors import FairRunnersError, PermanentBackendError, TransientBackendError, as_backend_error
 from ._base import Runner, TurnInput, TurnOutput
 
 _HEADER = struct.Struct("!I")
 _STOP_GRACE_S = 2.0
+_START_TIMEOUT_S = 30.0
 
 
 def _frame(message: object) -> bytes:
@@ -73,6 +74,7 @@ class ProcessRunner:
         sys.stdout.flush()  # or the fork's copy of unflushed output would be written twice
         sys.stderr.flush()
         gc.freeze()  # the workers' collections then never write to (and copy) the parent's pages
+        readers: list[asyncio.StreamReader] = []
         try:
             for _ in range(self._count):
                 ours, theirs = socket.socketpair()
@@ -84,8 +86,13 @@ class ProcessRunner:
                 theirs.close()
                 worker = _Worker(process, ours)
                 reader, worker.writer = await asyncio.open_connection(sock=ours)
-                worker.reading = asyncio.create_task(self._read_replies(worker, reader))
+                readers.append(reader)
                 self._workers.append(worker)
+            # Each worker opens its runner first and says whether it could: a model its params break is
+            # the same error here as in one process, not a failure of every turn.
+            await asyncio.gather(*(_started(w, r) for w, r in zip(self._workers, readers, strict=True)))
+            for worker, reader in zip(self._workers, readers, strict=True):
+                worker.reading = asyncio.create_task(self._read_replies(worker, reader))
         except BaseException:
             await self._stop()
             raise
@@ -161,6 +168,20 @@ class ProcessRunner:
         self._workers.clear()
 
 
+async def _started(worker: _Worker, reader: asyncio.StreamReader) -> None:
+    """Wait for a worker's first frame: `ready`, or the exception its runner raised on opening."""
+    try:
+        kind, _, body = await asyncio.wait_for(_read(reader), _START_TIMEOUT_S)
+    except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError):
+        worker.process.join(timeout=1.0)  # it is exiting (or stuck): wait briefly to report its exit code
+        code = worker.process.exitcode
+        raise PermanentBackendError(
+            f"internal error: a worker process did not start (exit code {code})"
+        ) from None
+    if kind != "ready":
+        raise body
+
+
 def _worker_main(runner: Runner, sock: socket.socket, inherited: list[socket.socket]) -> None:
     """Entry point of a forked worker: serve turns until the parent closes its end."""
     for other in inherited:  # the parent's ends: keeping them open would hide the parent's EOF
@@ -184,19 +205,28 @@ async def _serve(runner: Runner, sock: socket.socket) -> None:
             running.pop(turn_id, None)
         writer.write(_frame(reply))
 
-    async with runner:
-        try:
-            while True:
-                kind, turn_id, body = await _read(reader)
-                if kind == "turn":
-                    running[turn_id] = asyncio.create_task(answer(turn_id, body))
-                elif kind == "cancel" and turn_id in running:
-                    running[turn_id].cancel()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            for task in list(running.values()):
-                task.cancel()
-            if running:
-                await asyncio.wait(list(running.values()), timeout=1.0)
+    try:
+        await runner.__aenter__()
+    except Exception as exc:
+        failure = exc if isinstance(exc, FairRunnersError) else as_backend_error(exc)
+        writer.write(_frame(("failed", -1, failure)))
+        await writer.drain()
+        writer.close()
+        return
+    writer.write(_frame(("ready", -1, None)))
+    try:
+        while True:
+            kind, turn_id, body = await _read(reader)
+            if kind == "turn":
+                running[turn_id] = asyncio.create_task(answer(turn_id, body))
+            elif kind == "cancel" and turn_id in running:
+                running[turn_id].cancel()
+    except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        pass
+    finally:
+        for task in list(running.values()):
+            task.cancel()
+        if running:
+            await asyncio.wait(list(running.values()), timeout=1.0)
+        await runner.__aexit__(None, None, None)
     writer.close()

@@ -9,9 +9,11 @@ quadratic in the number of open connections on every request). Imports nothing f
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -32,6 +34,33 @@ from ._sse import SSEDecoder
 _MAX_ERROR_BODY = 300
 _INFER_PARAMS = {"chat_history": "50", "agentspace": "_default"}
 _STREAM_PARAMS = {"response_only": "true"}
+# RFC 3986 path-segment characters other than the unreserved ones, which `quote` leaves as they are; "%" is
+# not among them, so a caller's "%2e%2e" stays literal text and cannot become ".." on the server.
+_SEGMENT_SAFE = "!$&'()*+,;=:@"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def segment_problem(value: str, *, several: bool = False) -> str | None:
+    """Why `value` cannot be a path segment of the agent's URLs (`several`: "/"-separated segments)."""
+    if _CONTROL.search(value):
+        return "must not contain control characters (line breaks, tabs, NUL)"
+    if "?" in value or "#" in value or "\\" in value:
+        return "must not contain ?, # or \\"
+    parts = value.strip("/").split("/") if several else [value]
+    if not several and "/" in value:
+        return "must be one path segment (no /)"
+    if any(part in (".", "..") for part in parts):
+        return "must not contain . or .. segments"
+    return None
+
+
+def header_problem(value: str) -> str | None:
+    """Why `value` cannot be sent in an HTTP header."""
+    return "must not contain control characters (line breaks, tabs, NUL)" if _CONTROL.search(value) else None
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe=_SEGMENT_SAFE)
 
 
 @dataclass(frozen=True)
@@ -48,7 +77,7 @@ class AlquimiaTarget:
     def root(self) -> str:
         """`base_url`, joined with `api_version` when that is non-empty."""
         root = self.base_url.rstrip("/")
-        version = self.api_version.strip("/")
+        version = "/".join(_segment(part) for part in self.api_version.strip("/").split("/") if part)
         return f"{root}/{version}" if version else root
 
 
@@ -73,7 +102,9 @@ class AlquimiaRunner:
         )
         self._max_connections = max_connections + 4
         self._session: aiohttp.ClientSession | None = None
-        self._infer_url = f"{target.root}/event/infer/{target.channel_id}/{target.agent_id}"
+        self._infer_url = (
+            f"{target.root}/event/infer/{_segment(target.channel_id)}/{_segment(target.agent_id)}"
+        )
         self._stream_url = f"{target.root}/event/stream/"
         self._headers = {"Authorization": f"Bearer {target.api_key}", "User-Agent": "fair-runners"}
         self._stream_headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-store"}
@@ -144,7 +175,7 @@ class AlquimiaRunner:
         content = ""
         malformed = 0
         async with session.get(
-            self._stream_url + stream_id,
+            self._stream_url + _segment(stream_id),
             params=_STREAM_PARAMS,
             headers=self._stream_headers,
             allow_redirects=False,

@@ -48,6 +48,20 @@ class _NoSyncTransport(httpx.BaseTransport):
         raise PermanentBackendError("the provider's sync HTTP client is disabled in fair-runners")
 
 
+class _NoAsyncTransport(httpx.AsyncBaseTransport):
+    """The async client of a model built only to check its params: it never sends anything."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise PermanentBackendError("this model was built to check its params, not to send requests")
+
+
+def check_model(model_class: type[Any], params: dict[str, Any]) -> None:
+    """Build the model once with clients that send nothing, so params the class itself refuses are an
+    `InvalidRequest` when the request is prepared (and not a failure of every turn later, in every worker)."""
+    runner = LLMRunner(model_class, params, timeout=httpx.Timeout(60.0))
+    runner._build(httpx.AsyncClient(transport=_NoAsyncTransport(), trust_env=False))
+
+
 class LLMRunner:
     """Runs turns against a LangChain chat model."""
 
