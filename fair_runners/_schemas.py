@@ -139,8 +139,9 @@ class RunRequest(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_connector_is_absent(cls, data: Any) -> Any:
-        # Fair-Forge treats `"connector": {}` as "no connector": keep that meaning.
-        if isinstance(data, dict) and data.get("connector") in ({}, None):
+        # Fair-Forge selects the LLM runner only for a truthy `connector`: `{}`, `null`, `""`, `[]`, `0` and
+        # `false` mean "no connector" here too.
+        if isinstance(data, dict) and "connector" in data and not data["connector"]:
             data = {k: v for k, v in data.items() if k != "connector"}
         return data
 

@@ -69,3 +69,13 @@ def test_direct_invalid_request_raises_typed_error(lambda_context: FakeLambdaCon
     with pytest.raises(InvalidRequest) as info:
         lambda_handler({"datasets": []}, lambda_context)
     assert info.value.details[0]["loc"] == "datasets"
+
+
+@pytest.mark.parametrize("empty", [{}, None, "", [], 0, False], ids=repr)
+def test_an_empty_connector_means_alquimia_as_in_fair_forge(
+    agent: Any, lambda_context: FakeLambdaContext, empty: Any
+) -> None:
+    request = alquimia_request(agent, make_datasets(sessions=1, turns=1))
+    request["connector"] = empty
+    result = lambda_handler(request, lambda_context)
+    assert result["mode"] == "alquimia" and result["totals"]["successes"] == 1
