@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._errors import InvalidRequest
+from ._text import control_problem
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 ParamKind = Literal["str", "secret", "url", "number", "int", "bool", "stop"]
@@ -41,9 +41,7 @@ class ParamRule:
                 return "must be a string"
             if len(value) > self.max_len:
                 return f"must be at most {self.max_len} characters"
-            if _CONTROL.search(value):  # these go into URLs and headers
-                return "must not contain control characters (line breaks, tabs, NUL)"
-            return None
+            return control_problem(value)  # these go into URLs and headers
         if kind == "bool":
             return None if isinstance(value, bool) else "must be true or false"
         if kind == "stop":

@@ -171,10 +171,8 @@ class Engine:
         session.started = time.perf_counter()
         for i, batch in enumerate(session.batches):
             if self.options.skip_answered and batch.has_answer():
-                kept = TurnRecord(qa_id=batch.qa_id, status="kept")
-                session.records[i] = kept
+                self._set_kept(session, i)
                 session.history.append((batch.query, batch.assistant))
-                self._emit(TurnFinished(session.dataset.session_id, kept))
                 continue
             if self.deadline.expired:
                 self.deadline_hit = True
@@ -322,13 +320,17 @@ class Engine:
         session.records[index] = record
         self._emit(TurnFinished(session.dataset.session_id, record))
 
+    def _set_kept(self, session: _Session, index: int) -> None:
+        record = TurnRecord(qa_id=session.batches[index].qa_id, status="kept")
+        session.records[index] = record
+        self._emit(TurnFinished(session.dataset.session_id, record))
+
     def _finish_session(self, session: _Session) -> None:
         self._finished.add(session.index)
         if self.options.skip_answered:  # answered turns after a deadline cut are kept, not skipped
             for i, batch in enumerate(session.batches):
                 if session.records[i] is None and batch.has_answer():
-                    session.records[i] = kept = TurnRecord(qa_id=batch.qa_id, status="kept")
-                    self._emit(TurnFinished(session.dataset.session_id, kept))
+                    self._set_kept(session, i)
         session.result = _summarise(session)
         self._emit(SessionFinished(session.index, *session.result))
 

@@ -90,26 +90,16 @@ def check_depth(payload: Any, limits: Limits | None = None) -> None:
             children: Any = node.values()
             for key in node:
                 if isinstance(key, str) and not is_text(key):
-                    raise _not_text(payload, key, limit)
+                    raise _refused(payload, key, limit, _NOT_TEXT)
         elif isinstance(node, list | tuple):
             children = node
         elif isinstance(node, str):
             if not is_text(node):
-                raise _not_text(payload, node, limit)
+                raise _refused(payload, node, limit, _NOT_TEXT)
             continue
         elif isinstance(node, float):
             if not math.isfinite(node):
-                loc = _path_to(payload, node, limit + 2) or ""
-                raise InvalidRequest(
-                    f"invalid request: {loc or 'body'}: a number is not finite",
-                    [
-                        {
-                            "loc": loc,
-                            "msg": "numbers must be finite (NaN, Infinity and out-of-range numbers "
-                            "such as 1e400 are not JSON values)",
-                        }
-                    ],
-                )
+                raise _refused(payload, node, limit, _NOT_FINITE)
             continue
         else:
             continue
@@ -118,17 +108,21 @@ def check_depth(payload: Any, limits: Limits | None = None) -> None:
         stack.extend((child, depth + 1) for child in children)
 
 
-def _not_text(payload: Any, bad: str, limit: int) -> InvalidRequest:
-    loc = to_text(_path_to(payload, bad, limit + 2) or "")  # the bad text may be a key, hence in `loc`
-    return InvalidRequest(
-        f"invalid request: {loc or 'body'}: the text is not valid Unicode",
-        [
-            {
-                "loc": loc,
-                "msg": "holds an unpaired UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
-            }
-        ],
-    )
+# (what is wrong, the detail's message) for each value JSON text cannot carry
+_NOT_TEXT = (
+    "the text is not valid Unicode",
+    "holds an unpaired UTF-16 surrogate (such as \\ud800), which is not valid Unicode",
+)
+_NOT_FINITE = (
+    "a number is not finite",
+    "numbers must be finite (NaN, Infinity and out-of-range numbers such as 1e400 are not JSON values)",
+)
+
+
+def _refused(payload: Any, bad: object, limit: int, why: tuple[str, str]) -> InvalidRequest:
+    """`InvalidRequest` naming where `bad` is (repaired text: a bad key is part of its own `loc`)."""
+    loc = to_text(_path_to(payload, bad, limit + 2) or "")
+    return InvalidRequest(f"invalid request: {loc or 'body'}: {why[0]}", [{"loc": loc, "msg": why[1]}])
 
 
 def _path_to(node: Any, target: Any, depth: int, path: tuple[str, ...] = ()) -> str | None:

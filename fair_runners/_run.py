@@ -27,6 +27,7 @@ from ._netguard import check_url
 from ._redact import Redactor, secrets_in_payload, use_redactor
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
+from ._text import control_problem
 from ._timing import Deadline
 from .runners._base import Runner
 
@@ -136,7 +137,7 @@ def _missing(loc: str, msg: str) -> dict[str, str]:
 def _prepare_alquimia(
     request: RunRequest, redactor: Redactor, credentials: Mapping[str, str]
 ) -> dict[str, Any]:
-    from .runners.alquimia import AlquimiaTarget, header_problem, segment_problem
+    from .runners.alquimia import AlquimiaTarget, segment_problem
 
     config = request.config
     base_url = (config.base_url if config else None) or os.environ.get("ALQUIMIA_BASE_URL")
@@ -161,7 +162,7 @@ def _prepare_alquimia(
     api_version = (config.api_version if config else None) or ""
     # Each is one piece of the agent's URLs (or, for the key, a header): never a way to another path.
     for loc, why in (
-        ("config.api_key", header_problem(api_key)),
+        ("config.api_key", control_problem(api_key)),
         ("config.agent_id", segment_problem(agent_id)),
         ("config.channel_id", segment_problem(channel_id)),
         ("config.api_version", segment_problem(api_version, several=True)),

@@ -1,12 +1,14 @@
 """Unicode text hygiene: a Python `str` may hold an unpaired UTF-16 surrogate (JSON's `"\\ud800"` parses to
 one), which is not Unicode text and makes every UTF-8 encoder fail. Requests holding one are refused (see
-`_limits`); text from a backend is repaired instead, so one bad answer cannot sink a whole run."""
+`_limits`); text from a backend is repaired instead, so one bad answer cannot sink a whole run. Text bound for
+a URL or a header may not hold control characters either (`control_problem`)."""
 
 from __future__ import annotations
 
 import re
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def is_text(value: str) -> bool:
@@ -23,3 +25,8 @@ def is_text(value: str) -> bool:
 def to_text(value: str) -> str:
     """`value` with each unpaired surrogate replaced by U+FFFD (the replacement character)."""
     return value if is_text(value) else _SURROGATE.sub("\ufffd", value)
+
+
+def control_problem(value: str) -> str | None:
+    """Why `value` cannot go into a URL or an HTTP header (control characters); None when it can."""
+    return "must not contain control characters (line breaks, tabs, NUL)" if _CONTROL.search(value) else None

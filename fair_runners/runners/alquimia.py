@@ -9,7 +9,6 @@ quadratic in the number of open connections on every request). Imports nothing f
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -28,6 +27,7 @@ from .._errors import (
     parse_retry_after,
 )
 from .._netguard import guarded_session
+from .._text import control_problem
 from ._base import TurnInput, TurnOutput
 from ._sse import SSEDecoder
 
@@ -37,13 +37,13 @@ _STREAM_PARAMS = {"response_only": "true"}
 # RFC 3986 path-segment characters other than the unreserved ones, which `quote` leaves as they are; "%" is
 # not among them, so a caller's "%2e%2e" stays literal text and cannot become ".." on the server.
 _SEGMENT_SAFE = "!$&'()*+,;=:@"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def segment_problem(value: str, *, several: bool = False) -> str | None:
     """Why `value` cannot be a path segment of the agent's URLs (`several`: "/"-separated segments)."""
-    if _CONTROL.search(value):
-        return "must not contain control characters (line breaks, tabs, NUL)"
+    control = control_problem(value)
+    if control is not None:
+        return control
     if "?" in value or "#" in value or "\\" in value:
         return "must not contain ?, # or \\"
     parts = value.strip("/").split("/") if several else [value]
@@ -52,11 +52,6 @@ def segment_problem(value: str, *, several: bool = False) -> str | None:
     if any(part in (".", "..") for part in parts):
         return "must not contain . or .. segments"
     return None
-
-
-def header_problem(value: str) -> str | None:
-    """Why `value` cannot be sent in an HTTP header."""
-    return "must not contain control characters (line breaks, tabs, NUL)" if _CONTROL.search(value) else None
 
 
 def _segment(value: str) -> str:
