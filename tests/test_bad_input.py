@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -126,20 +125,6 @@ def no_backend_calls(agent: Any, llm: Any) -> Any:
     """Both loopback servers; the test asserts afterwards that neither was called."""
     yield agent, llm
     assert agent.requests == [] and llm.requests == []
-
-
-@pytest.fixture
-def imports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every `importlib.import_module` call made while the test runs."""
-    seen: list[str] = []
-    real = importlib.import_module
-
-    def recording(name: str, package: str | None = None) -> Any:
-        seen.append(name)
-        return real(name, package)
-
-    monkeypatch.setattr(importlib, "import_module", recording)
-    return seen
 
 
 def _check_400(request: Any, loc: str) -> None:

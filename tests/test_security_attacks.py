@@ -4,7 +4,6 @@ every request) receive nothing."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -293,25 +292,11 @@ CLASS_PATH_TRICKS = [
 ]
 
 
-@pytest.fixture
-def import_spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every `importlib.import_module` call made during the test."""
-    calls: list[str] = []
-    real = importlib.import_module
-
-    def spy(name: str, package: str | None = None) -> Any:
-        calls.append(name)
-        return real(name, package)
-
-    monkeypatch.setattr(importlib, "import_module", spy)
-    return calls
-
-
 @pytest.mark.parametrize("class_path", CLASS_PATH_TRICKS)
 def test_class_path_trick_refused_without_import(
     class_path: str,
     quiet_servers: tuple[AlquimiaAgent, OpenAICompatServer],
-    import_spy: list[str],
+    imports: list[str],
     leak_scan: LeakScan,
 ) -> None:
     modules_before = set(sys.modules)
@@ -319,7 +304,7 @@ def test_class_path_trick_refused_without_import(
     request["connector"]["class_path"] = class_path
     outcome = invoke(event_for("http_v2", request))
     assert_rejected(outcome, "connector.class_path")
-    assert import_spy == [], f"imported {import_spy}"
+    assert imports == [], f"imported {imports}"
     assert set(sys.modules) - modules_before == set()
 
 
