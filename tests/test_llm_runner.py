@@ -158,3 +158,114 @@ def test_the_ca_bundle_is_loaded_once_per_process(llm: Any, monkeypatch: pytest.
         for _ in range(2):
             assert run_sync(llm_request(llm, make_datasets(sessions=1, turns=1), provider=provider)).complete
     assert len(loads) == 1
+
+
+def _turn(query: str, history: list[tuple[str, str]] | None = None) -> Any:
+    from fair_runners._schemas import Batch
+    from fair_runners.runners._base import TurnInput
+
+    return TurnInput(
+        session_id="s0", context="", batch=Batch(qa_id="q", query=query), history=tuple(history or ())
+    )
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_turn_skips_ainvoke_wrapping_only_when_nothing_wraps(llm: Any, provider: str) -> None:
+    # With no handler, cache, limiter or streaming, a turn calls the model's `_agenerate` (~0.25 ms of CPU
+    # less): the same request, answer and token counts as through `ainvoke`.
+    import asyncio
+    from contextvars import ContextVar
+
+    import httpx
+    from langchain_core.callbacks import AsyncCallbackHandler
+    from langchain_core.tracers.context import register_configure_hook
+    from langchain_groq import ChatGroq
+    from langchain_openai import ChatOpenAI
+
+    from fair_runners.runners.llm import LLMRunner
+
+    model_class, base_url = (ChatOpenAI, f"{llm.url}/v1") if provider == "openai" else (ChatGroq, llm.url)
+    params = {"model": "m", "api_key": LLM_KEY, "base_url": base_url}
+
+    class Recorder(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.starts = 0
+
+        async def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
+            self.starts += 1
+
+    hooked: ContextVar[Recorder | None] = ContextVar(f"fair_runners_test_{provider}", default=None)
+    register_configure_hook(hooked, inheritable=True)
+
+    async def scenario() -> list[Any]:
+        outputs = []
+        async with LLMRunner(model_class, params, timeout=httpx.Timeout(5)) as runner:
+            assert runner.direct
+            outputs.append(await runner.run_turn(_turn("plain", [("q0", "a0")])))
+            assert runner.model is not None
+            reply = await runner.model.ainvoke("plain")  # the wrapped way, for comparison
+            outputs.append(reply)
+        recorder = Recorder()
+        hooked.set(recorder)  # a handler configured from a context: every turn must reach it
+        async with LLMRunner(model_class, params, timeout=httpx.Timeout(5)) as runner:
+            assert not runner.direct
+            outputs.append(await runner.run_turn(_turn("traced")))
+            outputs.append(await runner.run_turn(_turn("traced again")))
+        hooked.set(None)
+        outputs.append(recorder.starts)
+        return outputs
+
+    direct, wrapped, traced, traced_again, starts = asyncio.run(scenario())
+    assert direct.content == "echo: plain (history=1, system=no)"
+    assert (direct.input_tokens, direct.output_tokens) == (3, 4)  # q0 + a0 + plain; 4 words answered
+    assert wrapped.content == "echo: plain (history=0, system=no)"
+    assert traced.content == "echo: traced (history=0, system=no)" and traced_again.output_tokens == 5
+    assert starts == 2
+    assert [r["query"] for r in llm.requests] == ["plain", "plain", "traced", "traced again"]
+    assert len({r["path"] for r in llm.requests}) == 1 and len({r["model"] for r in llm.requests}) == 1
+
+
+def test_nothing_wraps_sees_every_kind_of_wrapping(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_core.caches import InMemoryCache
+    from langchain_core.callbacks import StdOutCallbackHandler
+    from langchain_core.globals import set_llm_cache
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.language_models.fake_chat_models import FakeListChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+    from langchain_core.rate_limiters import InMemoryRateLimiter
+    from langchain_core.tracers.context import tracing_v2_enabled
+    from langchain_groq import ChatGroq
+
+    from fair_runners.runners.llm import nothing_wraps
+
+    def groq(**params: Any) -> Any:
+        return ChatGroq(model="m", api_key=LLM_KEY, **params)
+
+    assert nothing_wraps(groq()) and nothing_wraps(groq(cache=False))
+    assert not nothing_wraps(groq(callbacks=[StdOutCallbackHandler()]))
+    assert not nothing_wraps(groq(verbose=True))
+    assert not nothing_wraps(groq(streaming=True))
+    assert not nothing_wraps(groq(cache=InMemoryCache()))
+    assert not nothing_wraps(groq(rate_limiter=InMemoryRateLimiter()))
+    assert nothing_wraps(FakeListChatModel(responses=["x"]))
+
+    class SyncOnly(BaseChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "sync-only"
+
+        def _generate(
+            self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
+        ) -> ChatResult:
+            return ChatResult(generations=[ChatGeneration(message=AIMessage(content="x"))])
+
+    assert not nothing_wraps(SyncOnly())  # no native async: the base's `_agenerate` threads `_generate`
+    set_llm_cache(InMemoryCache())
+    try:
+        assert not nothing_wraps(groq()) and nothing_wraps(groq(cache=False))
+    finally:
+        set_llm_cache(None)
+    monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test")
+    with tracing_v2_enabled(project_name="fair-runners-test"):
+        assert not nothing_wraps(groq())
