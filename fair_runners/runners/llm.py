@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from httpx_aiohttp import AiohttpTransport
 from langchain_core.callbacks import AsyncCallbackManager
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -35,8 +34,8 @@ from .._errors import (
     backend_error_from_status,
     parse_retry_after,
 )
-from .._netguard import guarded_session
 from ._base import TurnInput, TurnOutput
+from ._http1 import Http1Transport
 
 _MAX_MESSAGE = 400
 
@@ -93,18 +92,13 @@ class LLMRunner:
         self.direct = False  # True: turns call `model._agenerate` (see the module docstring)
 
     async def __aenter__(self) -> LLMRunner:
-        limits = httpx.Limits(
-            max_connections=self._max_connections + 4, max_keepalive_connections=self._max_connections + 4
-        )
-        # aiohttp under the provider's httpx API: httpx's own pool costs milliseconds of CPU per request once
-        # dozens of connections are open (its bookkeeping is quadratic in them); aiohttp's does not. The
-        # session is the network guard's: every address checked at connect time, no env proxies.
-        size = self._max_connections + 4
-        transport = self._transport or AiohttpTransport(
-            verify=_tls_context(), limits=limits, client=lambda: guarded_session(size)
+        # Our own HTTP/1.1 transport under the provider's httpx API: ~0.13 ms less CPU a request than httpx's
+        # pool or aiohttp, and the network guard checks every address at connect time (no env proxies).
+        transport = self._transport or Http1Transport(
+            ssl_context=_tls_context(), max_connections=self._max_connections + 4
         )
         self._http = httpx.AsyncClient(
-            timeout=self._timeout, limits=limits, transport=transport, follow_redirects=False, trust_env=False
+            timeout=self._timeout, transport=transport, follow_redirects=False, trust_env=False
         )
         try:
             self.model = self._build(self._http)
