@@ -13,10 +13,11 @@ A URL from a request (`config.base_url`, a connector's `base_url`) is accepted o
 unless the deployer lists the host (`host`, any port) or `host:port` in env `FAIR_RUNNERS_ALLOWED_HOSTS`;
 plain `http` is then accepted for it too. `check_url` runs in `prepare()`, before any connection.
 
-The same rules hold at connect time: `guarded_session()` builds the aiohttp session every runner uses (the
-LLM runner through httpx's aiohttp transport); its resolver resolves the name itself, re-checks every address
-and hands aiohttp only the addresses it checked (so a DNS answer that changes between the check and the
-connection, "DNS rebinding", cannot reach a private address), and its connector checks IP-literal hosts.
+The same rules hold at connect time: `guarded_session()` builds the Alquimia runner's aiohttp session, and
+the LLM runner's transport (`runners/_http1.py`) uses the same resolver and IP-literal check. The resolver
+resolves the name itself, re-checks every address and returns only the addresses it checked (so a DNS
+answer that changes between the check and the connection, "DNS rebinding", cannot reach a private address);
+IP-literal hosts are checked before connecting.
 """
 
 from __future__ import annotations
