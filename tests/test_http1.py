@@ -520,3 +520,19 @@ def test_https_verifies_the_certificate_and_the_name(
 
     monkeypatch.setenv("FAIR_RUNNERS_ALLOWED_HOSTS", "127.0.0.1,localhost,other.test")
     assert run(scenario) == [{"ok": True}, {"ok": True}, 2]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X-Key", "v\r\nX-Injected: 1"), ("X-Key", "v\nGET / HTTP/1.1"), ("X-Key", "v\x00"), ("X-Key", "v\rw")],
+)
+def test_a_header_that_would_write_its_own_lines_is_refused_before_sending(name: str, value: str) -> None:
+    async def scenario() -> Server:
+        async with serving(keep_answering(OK)) as server, client() as http:
+            with pytest.raises(httpx.LocalProtocolError, match="CR, LF or NUL"):
+                await http.get(f"http://127.0.0.1:{server.port}/", headers={name: value})
+            assert (await http.get(f"http://127.0.0.1:{server.port}/")).status_code == 200
+        return server
+
+    server = run(scenario)
+    assert len(server.requests) == 1 and b"injected" not in server.requests[0].lower()

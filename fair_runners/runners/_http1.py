@@ -205,12 +205,18 @@ class Http1Transport(httpx.AsyncBaseTransport):
         for name, value in request.headers.raw:
             head += (name, b": ", value, b"\r\n")
         head.append(b"\r\n")
+        data = b"".join(head)
+        # One line per header, as h11 would insist: a CR, LF or NUL inside a name, value or the target would
+        # let that text write headers (or a second request) of its own.
+        lines = len(request.headers.raw) + 2
+        if data.count(b"\n") != lines or data.count(b"\r") != lines or b"\0" in data:
+            raise httpx.LocalProtocolError("a header or the request target holds a CR, LF or NUL character")
         chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
         stream = request.stream
         if isinstance(stream, httpx.ByteStream):  # the SDKs' JSON bodies: one write with the head
-            await connection.write(b"".join(head) + request.content, seconds)
+            await connection.write(data + request.content, seconds)
             return
-        await connection.write(b"".join(head), seconds)
+        await connection.write(data, seconds)
         assert isinstance(stream, httpx.AsyncByteStream)
         async for part in stream:
             if part:
