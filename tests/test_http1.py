@@ -203,6 +203,18 @@ def test_a_connection_the_server_closes_is_never_reused(response: bytes) -> None
     assert texts == ["until close"] * 2 and server.connections == 2
 
 
+def test_a_head_response_with_chunked_framing_has_no_body_and_keeps_the_connection() -> None:
+    async def scenario() -> tuple[Server, int, bytes, str]:
+        head_answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        async with serving(keep_answering(head_answer, OK)) as server, client(timeout=2.0) as http:
+            head = await http.head(f"http://127.0.0.1:{server.port}/")
+            after = (await http.get(f"http://127.0.0.1:{server.port}/")).text
+        return server, head.status_code, head.content, after
+
+    server, status, content, after = run(scenario)
+    assert (status, content, after) == (200, b"", '{"ok":true}') and server.connections == 1
+
+
 def test_interim_responses_are_skipped_and_head_has_no_body() -> None:
     async def scenario() -> tuple[int, str, int]:
         interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"

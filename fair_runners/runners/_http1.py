@@ -296,13 +296,12 @@ class _Body(httpx.AsyncByteStream):
                 self._chunked = self._chunked or b"chunked" in value.lower()
             elif lower == b"connection" and b"close" in value.lower():
                 keep_alive = False
-        if request.method == "HEAD" or status in (204, 304):
-            self._length = 0
+        if request.method == "HEAD" or status in (204, 304):  # no body, whatever the framing headers say
+            self._chunked, self._length = False, 0
         elif self._chunked:
             pass
         elif lengths:
             if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
-                connection.close()
                 raise httpx.RemoteProtocolError(f"invalid Content-Length: {sorted(lengths)!r}")
             self._length = int(lengths.pop())
         else:
