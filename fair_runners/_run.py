@@ -69,8 +69,9 @@ class PreparedRun:
             workers = self.settings.worker_count(len(self.request.datasets))
             if workers > 1 and self.transport is None:
                 from .runners._procs import ProcessRunner
+                from .runners.llm import process_state
 
-                return ProcessRunner(llm, workers)
+                return ProcessRunner(llm, workers, process_state())
             return llm
         from .runners.alquimia import AlquimiaRunner
 

@@ -45,6 +45,16 @@ def _no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_MAX_S", "0.5")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_workers() -> Iterator[None]:
+    """LLM worker processes are kept between runs: end them after each test, so the next one forks its own
+    under its own patches (a fake resolver, a wrapped runner) instead of inheriting this one's."""
+    yield
+    from fair_runners.runners._procs import kept_workers
+
+    kept_workers().close()
+
+
 # Names the fake resolver knows; any other name "does not resolve". No test ever asks real DNS.
 FAKE_DNS: dict[str, list[str]] = {
     "public.test": ["93.184.215.14"],

@@ -7,8 +7,10 @@ Every test runs real forks against the loopback OpenAI-compatible server. To pro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -22,7 +24,7 @@ from fair_runners._events import Event, TurnFinished
 from fair_runners._schemas import Dataset
 from fair_runners._settings import Settings, available_vcpus
 from fair_runners.runners._base import TurnInput, TurnOutput
-from fair_runners.runners._procs import ProcessRunner
+from fair_runners.runners._procs import ProcessRunner, kept_workers
 from fair_runners.runners.llm import LLMRunner
 from fair_runners.testing import Fault
 
@@ -198,6 +200,8 @@ def test_the_deadline_cuts_worker_turns_and_a_repost_finishes_them(
     first = run_sync(request, deadline_s=0.5).model_dump()
     assert time.monotonic() - started < 1.5
     assert not first["complete"] and first["totals"]["skipped"] > 0
+    kept = kept_workers().pids  # the cut turns were cancelled in the workers, which confirmed and stay
+    assert len(kept) == 2
     for s in range(4):
         statuses = [t["status"] for t in turns(first, s)]
         assert statuses == sorted(statuses, key=lambda x: x != "ok")  # answered first, then skipped
@@ -206,8 +210,9 @@ def test_the_deadline_cuts_worker_turns_and_a_repost_finishes_them(
     again = {**request, "datasets": first["datasets"], "options": {"skip_answered": True}}
     second = run_sync(again).model_dump()
     assert second["complete"] and second["totals"]["failures"] == 0
-    kept = sum(t["status"] == "kept" for s in range(4) for t in turns(second, s))
-    assert kept == first["totals"]["successes"]
+    assert kept_workers().pids == kept and _pids(second) <= set(kept)
+    reused = sum(t["status"] == "kept" for s in range(4) for t in turns(second, s))
+    assert reused == first["totals"]["successes"]
     for i, dataset in enumerate(second["datasets"]):  # history rebuilt from the answers already there
         for j, batch in enumerate(dataset["conversation"]):
             assert batch["assistant"].startswith(f"echo: question {j} of s{i} (history={j}, ")
@@ -249,20 +254,148 @@ def test_a_worker_killed_mid_run_loses_nothing(llm: Any, pid_tagged: None) -> No
     assert {int(a.rsplit("[pid ", 1)[1].rstrip("]")) for a in last_turns} == {pids[1]}
 
 
-def test_workers_are_gone_after_the_run(llm: Any, two_workers: None) -> None:
-    async def scenario() -> list[int]:
-        from langchain_openai import ChatOpenAI
+@pytest.fixture
+def runner_tagged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers end with ` [pid N model M]`: the process, and M counts the runners opened in that process."""
+    original_turn, original_open = LLMRunner.run_turn, LLMRunner.__aenter__
+    opened = itertools.count(1)
 
-        params = {"model": "m", "api_key": LLM_KEY, "base_url": f"{llm.url}/v1"}
-        async with ProcessRunner(LLMRunner(ChatOpenAI, params, timeout=httpx.Timeout(5)), 2) as runner:
-            pids = runner.worker_pids
-            turn = TurnInput("s", "", Dataset.model_validate(make_datasets(1, 1)[0]).conversation[0])
-            assert (await runner.run_turn(turn)).content.startswith("echo: question 0 of s0")
-        return pids
+    async def opening(self: LLMRunner) -> LLMRunner:
+        self.serial = next(opened)  # type: ignore[attr-defined]
+        return await original_open(self)
 
-    for pid in asyncio.run(scenario()):
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reaped: not even a zombie is left
+    async def tagged(self: LLMRunner, turn: TurnInput) -> TurnOutput:
+        output = await original_turn(self, turn)
+        tag = f" [pid {os.getpid()} model {self.serial}]"  # type: ignore[attr-defined]
+        return TurnOutput(output.content + tag, output.input_tokens, output.output_tokens)
+
+    monkeypatch.setattr(LLMRunner, "__aenter__", opening)
+    monkeypatch.setattr(LLMRunner, "run_turn", tagged)
+
+
+def _tags(result: dict[str, Any]) -> set[tuple[int, int]]:
+    found = set()
+    for dataset in result["datasets"]:
+        for batch in dataset["conversation"]:
+            pid, _, model = batch["assistant"].rsplit("[pid ", 1)[1].rstrip("]").partition(" model ")
+            found.add((int(pid), int(model)))
+    return found
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # not even a zombie is left
+    return False
+
+
+def _dead(pid: int) -> bool:
+    """Exited (a zombie not reaped yet, or gone), without reaping it: its parent's bookkeeping does that."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_workers_and_their_runner_are_kept_for_the_next_run(
+    llm: Any, runner_tagged: None, two_workers: None
+) -> None:
+    request = llm_request(llm, make_datasets(sessions=4, turns=2), provider="groq")
+    first = run_sync(request).model_dump()
+    pids = kept_workers().pids
+    assert len(pids) == 2 and all(not _reaped(pid) for pid in pids)
+    second = run_sync(request).model_dump()
+    assert first["totals"]["successes"] == second["totals"]["successes"] == 8
+    # The same two processes, and in each the same model (and its HTTP client): no fork, no rebuild.
+    assert _tags(second) == _tags(first) and {pid for pid, _ in _tags(first)} == set(pids)
+    assert kept_workers().pids == pids
+    other = llm_request(llm, make_datasets(sessions=4, turns=2), provider="groq")
+    other["connector"]["params"]["model"] = "another-model"
+    third = run_sync(other).model_dump()
+    assert third["totals"]["successes"] == 8
+    assert {pid for pid, _ in _tags(third)} == set(pids)  # same processes...
+    assert not {model for _, model in _tags(third)} & {model for _, model in _tags(first)}  # new runner
+    assert {r["model"] for r in llm.requests[-8:]} == {"another-model"}
+
+
+def test_a_worker_that_died_between_runs_is_replaced(llm: Any, pid_tagged: None, two_workers: None) -> None:
+    request = llm_request(llm, make_datasets(sessions=4, turns=2))
+    run_sync(request)
+    victim, survivor = kept_workers().pids
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not _dead(victim) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    result = run_sync(request).model_dump()
+    assert result["complete"] and result["totals"]["successes"] == 8 and result["totals"]["retries"] == 0
+    pids = kept_workers().pids
+    assert survivor in pids and victim not in pids and len(pids) == 2
+    assert _pids(result) == set(pids)
+
+
+def test_workers_forked_under_another_environment_are_replaced(
+    llm: Any, pid_tagged: None, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = llm_request(llm, make_datasets(sessions=4, turns=1))
+    run_sync(request)
+    before = kept_workers().pids
+    monkeypatch.setenv("FAIR_RUNNERS_SOME_SETTING", "changed")
+    result = run_sync(request).model_dump()
+    after = kept_workers().pids
+    assert result["totals"]["successes"] == 4 and _pids(result) == set(after)
+    assert not set(before) & set(after)
+    assert all(_reaped(pid) for pid in before)
+
+
+def test_a_global_langchain_setting_replaces_the_workers(
+    llm: Any, pid_tagged: None, two_workers: None
+) -> None:
+    from langchain_core.globals import set_debug
+
+    request = llm_request(llm, make_datasets(sessions=4, turns=1))
+    run_sync(request)
+    before = kept_workers().pids
+    set_debug(True)
+    try:
+        assert run_sync(request).totals.successes == 4
+    finally:
+        set_debug(False)
+    assert not set(before) & set(kept_workers().pids)
+
+
+def test_overlapping_runs_each_have_their_own_workers(llm: Any, pid_tagged: None, two_workers: None) -> None:
+    llm.latency_s = 0.1
+    results: list[dict[str, Any]] = []
+
+    def one_run(prefix: str) -> None:
+        request = llm_request(llm, make_datasets(sessions=4, turns=2, prefix=prefix), max_concurrency=4)
+        results.append(run_sync(request).model_dump())
+
+    threads = [threading.Thread(target=one_run, args=(prefix,)) for prefix in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 2
+    for result in results:
+        assert result["complete"] and result["totals"]["successes"] == 8
+        prefix = result["datasets"][0]["session_id"][0]
+        for i, dataset in enumerate(result["datasets"]):
+            for j, batch in enumerate(dataset["conversation"]):
+                assert batch["assistant"].startswith(f"echo: question {j} of {prefix}{i} (history={j}, ")
+    kept, own = sorted((_pids(r) for r in results), key=lambda p: p != set(kept_workers().pids))
+    assert kept == set(kept_workers().pids) and len(own) == 2 and not kept & own
+    assert all(_reaped(pid) for pid in own)  # the overlapping run ended the workers it forked
+
+
+def test_closing_the_kept_workers_reaps_them(llm: Any, two_workers: None) -> None:
+    run_sync(llm_request(llm, make_datasets(sessions=2, turns=1)))
+    pids = kept_workers().pids
+    assert len(pids) == 2
+    kept_workers().close()
+    assert kept_workers().pids == [] and all(_reaped(pid) for pid in pids)
 
 
 class _FailsToOpen:
@@ -301,18 +434,8 @@ def test_a_worker_that_cannot_open_its_runner_fails_the_start_not_every_turn(
 ) -> None:
     # The same error as in one process (an InvalidRequest stays one, with its details), raised when the
     # workers start, and no process left behind.
-    started: list[int] = []
-
     async def scenario() -> None:
-        runner = ProcessRunner(_FailsToOpen(error), 2)
-        original = runner._stop
-
-        async def stop() -> None:
-            started.extend(runner.worker_pids)
-            await original()
-
-        runner._stop = stop  # type: ignore[method-assign]
-        async with runner:
+        async with ProcessRunner(_FailsToOpen(error), 2):
             raise AssertionError("the runner should not have opened")
 
     with pytest.raises(expected) as info:
@@ -320,7 +443,10 @@ def test_a_worker_that_cannot_open_its_runner_fails_the_start_not_every_turn(
     assert text in str(info.value)
     if isinstance(info.value, InvalidRequest):
         assert info.value.details == [{"loc": "connector.params.x", "msg": "no"}]
-    assert len(started) == 2
-    for pid in started:
-        with pytest.raises(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
+    pids = kept_workers().pids
+    if error is None:  # the workers died: none is kept, none is left a zombie
+        assert pids == []
+    else:  # the workers said why and stay, clean, for the next run
+        assert len(pids) == 2 and not any(_reaped(pid) for pid in pids)
+        kept_workers().close()
+        assert all(_reaped(pid) for pid in pids)

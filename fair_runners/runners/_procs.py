@@ -1,11 +1,17 @@
 """Run a CPU-heavy runner's turns in forked worker processes, so one invocation uses every vCPU it has.
 
-The engine (order, retries, the deadline, accounting) stays in the parent; only `run_turn` crosses over. Each
-worker is forked before any connection is opened, runs its own event loop with its own copy of the runner,
-and answers many turns at once. Frames are length-prefixed pickles over a socketpair driven by asyncio on
-both ends, so neither side ever blocks on a full pipe. A cancelled turn (timeout, deadline) is cancelled in
-the worker too; a worker that dies fails its in-flight turns as transient, and the engine retries them on
-the others.
+The engine (order, retries, the deadline, accounting) stays in the parent; only `run_turn` crosses over.
+Frames are length-prefixed pickles over a socketpair driven by asyncio on both ends, so neither side ever
+blocks on a full pipe. A cancelled turn (timeout, deadline) is cancelled in the worker too; a worker that dies
+fails its in-flight turns as transient, and the engine retries them on the others.
+
+The workers are forked once, before they open any connection, and kept for the next run, as a warm Lambda
+keeps its module state: a later run skips the fork and the forked memory's first-touch page faults, and
+when its runner is the same (same class and params), the runner's construction and its open connections
+too. Each run sends its runner to the workers, which reopen it only when it differs; at the end of a run
+each worker cancels what is left and confirms, so the next run starts on a clean stream. A worker that does
+not confirm, has died, or was forked under another environment is replaced. One run uses the kept workers
+at a time: a run that overlaps it in the same process forks workers of its own and ends them after.
 """
 
 from __future__ import annotations
@@ -15,10 +21,14 @@ import contextlib
 import gc
 import itertools
 import multiprocessing
+import os
 import pickle
 import socket
 import struct
 import sys
+import threading
+import weakref
+from collections.abc import Hashable
 from types import TracebackType
 from typing import Any
 
@@ -26,8 +36,13 @@ from .._errors import FairRunnersError, PermanentBackendError, TransientBackendE
 from ._base import Runner, TurnInput, TurnOutput
 
 _HEADER = struct.Struct("!I")
-_STOP_GRACE_S = 2.0
-_START_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 30.0  # a worker opening its runner (building a model) before it answers `ready`
+_END_TIMEOUT_S = 1.0  # a worker confirming the end of a run: its cancelled turns wind down first
+
+# The parent's ends of every worker's socketpair: a newly forked worker closes them all, or it would keep
+# another worker's stream open after the parent closed it.
+_PARENT_ENDS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+_FORKING = threading.Lock()
 
 
 def _frame(message: object) -> bytes:
@@ -41,28 +56,119 @@ async def _read(reader: asyncio.StreamReader) -> Any:
 
 
 class _Worker:
+    """A forked process, the parent's end of its socketpair, and the stream state of the run using it."""
+
     def __init__(self, process: Any, sock: socket.socket) -> None:
         self.process = process
         self.sock = sock
+        # Between runs: at a frame boundary, nothing in flight. Only a confirmed end of a run sets it.
+        self.clean = True
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Future[TurnOutput]] = {}
         self.reading: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[TurnOutput]] = {}
+        self.control: asyncio.Future[tuple[str, Any]] | None = None  # the next ready/failed/ended frame
         self.alive = True
+
+    def kill(self) -> None:
+        """End the process at once (the kernel closes its connections) and close our end."""
+        self.clean = False
+        if self.process.is_alive():
+            self.process.kill()
+        # No timeout: a killed process always exits, and a timed join would wait on the exit pipe, which a
+        # process forked meanwhile by another thread may hold open.
+        self.process.join()
+        self.sock.close()
+
+
+class WorkerPool:
+    """Forked workers kept between runs; `lock` lets one run use them at a time."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._state: Hashable = None
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the workers held now."""
+        return [int(w.process.pid) for w in self._workers]
+
+    def take(self, count: int, state: Hashable) -> list[_Worker]:
+        """`count` clean, live workers forked under `state`: kept ones first, new ones forked as needed."""
+        if state != self._state:
+            self.close()
+            self._state = state
+        kept = [w for w in self._workers if w.clean and w.process.is_alive()]
+        for worker in self._workers:
+            if worker not in kept:
+                worker.kill()
+        self._workers = kept
+        if len(kept) < count:
+            sys.stdout.flush()  # or the fork's copy of unflushed output would be written twice
+            sys.stderr.flush()
+            gc.freeze()  # the workers' collections then never write to (and copy) the parent's pages
+            try:
+                while len(self._workers) < count:
+                    self._workers.append(_fork())
+            finally:
+                gc.unfreeze()
+        return self._workers[:count]
+
+    def discard(self, worker: _Worker) -> None:
+        """End `worker` and forget it (the next run forks a replacement)."""
+        worker.kill()
+        if worker in self._workers:
+            self._workers.remove(worker)
+
+    def close(self) -> None:
+        """End every worker."""
+        for worker in self._workers:
+            worker.kill()
+        self._workers.clear()
+
+
+def _fork() -> _Worker:
+    # One fork at a time in this process: a worker forked by another thread meanwhile would inherit this
+    # one's end of the socketpair, and the parent's close would never reach it.
+    with _FORKING:
+        ours, theirs = socket.socketpair()
+        context = multiprocessing.get_context("fork")
+        inherited = [*_PARENT_ENDS, ours]
+        process = context.Process(target=_worker_main, args=(theirs, inherited), daemon=True)
+        process.start()
+        theirs.close()
+        _PARENT_ENDS.add(ours)
+    return _Worker(process, ours)
+
+
+_POOL = WorkerPool()
+
+
+def kept_workers() -> WorkerPool:
+    """The process-wide pool of kept workers (tests close it between cases)."""
+    return _POOL
 
 
 class ProcessRunner:
-    """Spreads `run_turn` calls of `runner` over `workers` forked processes (least busy first)."""
+    """Spreads `run_turn` calls of `runner` over `workers` worker processes (least busy first).
 
-    def __init__(self, runner: Runner, workers: int) -> None:
+    `state` is whatever else the workers must share with this process (env variables are always compared):
+    kept workers forked under another state are replaced.
+    """
+
+    def __init__(self, runner: Runner, workers: int, state: Hashable = None) -> None:
         self.runner = runner
         self.name = runner.name
         self._count = workers
+        self._state = state
+        self._pool: WorkerPool | None = None
+        self._own_pool = False
         self._workers: list[_Worker] = []
         self._ids = itertools.count()
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the workers started by `__aenter__`."""
+        """Process ids of the workers this run uses."""
         return [int(w.process.pid) for w in self._workers]
 
     def describe(self) -> dict[str, Any]:
@@ -70,34 +176,31 @@ class ProcessRunner:
         return {**self.runner.describe(), "workers": self._count}
 
     async def __aenter__(self) -> ProcessRunner:
-        context = multiprocessing.get_context("fork")
-        sys.stdout.flush()  # or the fork's copy of unflushed output would be written twice
-        sys.stderr.flush()
-        gc.freeze()  # the workers' collections then never write to (and copy) the parent's pages
-        readers: list[asyncio.StreamReader] = []
+        if _POOL.lock.acquire(blocking=False):
+            self._pool = _POOL
+        else:  # another run of this process holds the kept workers: fork a set of our own
+            self._pool, self._own_pool = WorkerPool(), True
         try:
-            for _ in range(self._count):
-                ours, theirs = socket.socketpair()
-                inherited = [w.sock for w in self._workers] + [ours]
-                process = context.Process(
-                    target=_worker_main, args=(self.runner, theirs, inherited), daemon=True
-                )
-                process.start()
-                theirs.close()
-                worker = _Worker(process, ours)
-                reader, worker.writer = await asyncio.open_connection(sock=ours)
-                readers.append(reader)
-                self._workers.append(worker)
-            # Each worker opens its runner first and says whether it could: a model its params break is
-            # the same error here as in one process, not a failure of every turn.
-            await asyncio.gather(*(_started(w, r) for w, r in zip(self._workers, readers, strict=True)))
-            for worker, reader in zip(self._workers, readers, strict=True):
-                worker.reading = asyncio.create_task(self._read_replies(worker, reader))
+            state = (frozenset(os.environ.items()), self._state)
+            self._workers = self._pool.take(self._count, state)
+            spec = pickle.dumps(self.runner, protocol=pickle.HIGHEST_PROTOCOL)
+            for worker in self._workers:
+                await self._attach(worker)
+                assert worker.writer is not None
+                worker.writer.write(_frame(("open", -1, spec)))
+            # Each worker opens the runner (or keeps the same one) and says whether it could: a model its
+            # params break is the same error here as in one process, not a failure of every turn.
+            outcomes = await asyncio.gather(
+                *(self._control(w, "ready", _START_TIMEOUT_S) for w in self._workers), return_exceptions=True
+            )
+            problems = [(w, o) for w, o in zip(self._workers, outcomes, strict=True) if o is not None]
+            # A worker that died since the last run is replaced by the next one; this run goes on with the
+            # others. A runner that could not open, or a worker stuck opening it, fails the start.
+            if problems and (len(problems) == len(self._workers) or any(w.alive for w, _ in problems)):
+                raise problems[0][1]
         except BaseException:
-            await self._stop()
+            await self._release()
             raise
-        finally:
-            gc.unfreeze()
         return self
 
     async def __aexit__(
@@ -106,7 +209,7 @@ class ProcessRunner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._stop()
+        await self._release()
 
     async def run_turn(self, turn: TurnInput) -> TurnOutput:
         """Answer `turn` in the least busy live worker."""
@@ -128,10 +231,45 @@ class ProcessRunner:
         finally:
             worker.pending.pop(turn_id, None)
 
+    async def _attach(self, worker: _Worker) -> None:
+        """Streams for this run's loop on a duplicate of the kept socket (closing them keeps the original)."""
+        worker.clean = False
+        worker.alive = True
+        worker.pending = {}
+        duplicate = worker.sock.dup()
+        _PARENT_ENDS.add(duplicate)
+        reader, worker.writer = await asyncio.open_connection(sock=duplicate)
+        worker.control = asyncio.get_running_loop().create_future()
+        worker.reading = asyncio.create_task(self._read_replies(worker, reader))
+
+    async def _control(self, worker: _Worker, expected: str, seconds: float) -> None:
+        """Wait for the worker's next control frame; raise unless it is `expected`."""
+        assert worker.control is not None
+        try:
+            kind, body = await asyncio.wait_for(asyncio.shield(worker.control), seconds)
+        except TimeoutError:
+            kind, body = "gone", None
+        worker.control = asyncio.get_running_loop().create_future()
+        if kind == expected:
+            return
+        if kind == "failed":
+            raise body
+        if expected == "ended":
+            raise TransientBackendError("a worker process did not confirm the end of the run")
+        worker.process.join(timeout=1.0)  # it is exiting (or stuck): wait briefly to report its exit code
+        raise PermanentBackendError(
+            f"internal error: a worker process did not start (exit code {worker.process.exitcode})"
+        )
+
     async def _read_replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        assert worker.control is not None
         try:
             while True:
                 kind, turn_id, body = await _read(reader)
+                if kind in ("ready", "failed", "ended"):
+                    if not worker.control.done():
+                        worker.control.set_result((kind, body))
+                    continue
                 future = worker.pending.get(turn_id)
                 if future is None or future.done():
                     continue  # cancelled meanwhile
@@ -143,6 +281,8 @@ class ProcessRunner:
             pass
         finally:
             worker.alive = False
+            if not worker.control.done():
+                worker.control.set_result(("gone", None))
             code = worker.process.exitcode
             for future in worker.pending.values():
                 if not future.done():
@@ -150,51 +290,57 @@ class ProcessRunner:
                         TransientBackendError(f"worker process exited (exit code {code}) during the turn")
                     )
 
-    async def _stop(self) -> None:
-        # Every turn is answered or abandoned by now, so a worker holds nothing worth a graceful exit: end it
-        # at once (the kernel closes its connections) rather than wait for its event loop to wind down.
-        for worker in self._workers:
-            if worker.writer is not None:
-                worker.writer.close()
-            if worker.process.is_alive():
-                worker.process.kill()
-        for worker in self._workers:
-            worker.process.join(timeout=_STOP_GRACE_S)
-            if worker.reading is not None:
+    async def _release(self) -> None:
+        """End the run in every worker (kept clean for the next run), or replace the ones that fail to."""
+        attached = [w for w in self._workers if w.writer is not None]
+        readers = [w.reading for w in attached if w.reading is not None]
+        try:
+            for worker in attached:
+                assert worker.writer is not None
+                if worker.alive and not worker.writer.is_closing():
+                    worker.writer.write(_frame(("end", -1, None)))
+            ended = await asyncio.gather(
+                *(self._control(w, "ended", _END_TIMEOUT_S) for w in attached), return_exceptions=True
+            )
+            for worker, outcome in zip(attached, ended, strict=True):
+                worker.clean = outcome is None
+        finally:  # also when cancelled: the kept workers must be released (or replaced) whatever happens
+            for worker in attached:
+                assert worker.writer is not None and worker.reading is not None
                 worker.reading.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await worker.reading
-            worker.sock.close()
-        self._workers.clear()
+                worker.writer.close()
+                worker.writer = worker.reading = worker.control = None
+            assert self._pool is not None
+            for worker in attached:
+                if not worker.clean:
+                    self._pool.discard(worker)
+            self._workers = []
+            if self._own_pool:
+                self._pool.close()
+            else:
+                self._pool.lock.release()
+            self._pool = None
+        if readers:
+            await asyncio.wait(readers)
 
 
-async def _started(worker: _Worker, reader: asyncio.StreamReader) -> None:
-    """Wait for a worker's first frame: `ready`, or the exception its runner raised on opening."""
-    try:
-        kind, _, body = await asyncio.wait_for(_read(reader), _START_TIMEOUT_S)
-    except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError):
-        worker.process.join(timeout=1.0)  # it is exiting (or stuck): wait briefly to report its exit code
-        code = worker.process.exitcode
-        raise PermanentBackendError(
-            f"internal error: a worker process did not start (exit code {code})"
-        ) from None
-    if kind != "ready":
-        raise body
-
-
-def _worker_main(runner: Runner, sock: socket.socket, inherited: list[socket.socket]) -> None:
-    """Entry point of a forked worker: serve turns until the parent closes its end."""
+def _worker_main(sock: socket.socket, inherited: list[socket.socket]) -> None:
+    """Entry point of a forked worker: serve runs until the parent closes its end."""
     for other in inherited:  # the parent's ends: keeping them open would hide the parent's EOF
         other.close()
-    asyncio.run(_serve(runner, sock))
+    asyncio.run(_serve(sock))
 
 
-async def _serve(runner: Runner, sock: socket.socket) -> None:
+async def _serve(sock: socket.socket) -> None:
     reader, writer = await asyncio.open_connection(sock=sock)
+    runner: Runner | None = None
+    spec: bytes | None = None
     running: dict[int, asyncio.Task[None]] = {}
 
     async def answer(turn_id: int, turn: TurnInput) -> None:
         try:
+            if runner is None:
+                raise PermanentBackendError("internal error: a turn reached a worker before its runner")
             output = await runner.run_turn(turn)
             reply: tuple[str, int, object] = ("ok", turn_id, output)
         except asyncio.CancelledError:
@@ -205,15 +351,13 @@ async def _serve(runner: Runner, sock: socket.socket) -> None:
             running.pop(turn_id, None)
         writer.write(_frame(reply))
 
-    try:
-        await runner.__aenter__()
-    except Exception as exc:
-        failure = exc if isinstance(exc, FairRunnersError) else as_backend_error(exc)
-        writer.write(_frame(("failed", -1, failure)))
-        await writer.drain()
-        writer.close()
-        return
-    writer.write(_frame(("ready", -1, None)))
+    async def cancel_all() -> None:
+        tasks = list(running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_END_TIMEOUT_S / 2)
+
     try:
         while True:
             kind, turn_id, body = await _read(reader)
@@ -221,12 +365,32 @@ async def _serve(runner: Runner, sock: socket.socket) -> None:
                 running[turn_id] = asyncio.create_task(answer(turn_id, body))
             elif kind == "cancel" and turn_id in running:
                 running[turn_id].cancel()
+            elif kind == "end":
+                await cancel_all()
+                writer.write(_frame(("ended", -1, None)))
+            elif kind == "open":
+                if body != spec:  # another runner than the one held: close that one, open this one
+                    if runner is not None:
+                        await _close(runner)
+                    runner, spec = None, None
+                    candidate: Runner = pickle.loads(body)
+                    try:
+                        await candidate.__aenter__()
+                    except Exception as exc:
+                        failure = exc if isinstance(exc, FairRunnersError) else as_backend_error(exc)
+                        writer.write(_frame(("failed", -1, failure)))
+                        continue
+                    runner, spec = candidate, body
+                writer.write(_frame(("ready", -1, None)))
     except (asyncio.IncompleteReadError, ConnectionError, OSError):
         pass
     finally:
-        for task in list(running.values()):
-            task.cancel()
-        if running:
-            await asyncio.wait(list(running.values()), timeout=1.0)
-        await runner.__aexit__(None, None, None)
+        await cancel_all()
+        if runner is not None:
+            await _close(runner)
     writer.close()
+
+
+async def _close(runner: Runner) -> None:
+    with contextlib.suppress(Exception):
+        await runner.__aexit__(None, None, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Hashable
 from types import TracebackType
 from typing import Any
 
@@ -205,6 +206,17 @@ def nothing_wraps(model: BaseChatModel) -> bool:
         inheritable_metadata=model.metadata,
     )
     return not manager.handlers
+
+
+def process_state() -> Hashable:
+    """LangChain's process-wide settings that decide how a turn is sent (global cache, debug, verbose, the
+    tracing context and configure hooks): worker processes kept from an earlier run under other settings
+    are replaced, so a turn in a worker is sent as it would be here."""
+    from langchain_core.globals import get_debug, get_verbose
+    from langchain_core.tracers.context import _configure_hooks, tracing_v2_callback_var
+
+    hooks = tuple(id(hook[0].get()) for hook in _configure_hooks)
+    return (id(get_llm_cache()), get_debug(), get_verbose(), id(tracing_v2_callback_var.get()), hooks)
 
 
 def _text_of(reply: Any) -> str:
