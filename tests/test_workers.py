@@ -7,6 +7,7 @@ Every test runs real forks against the loopback OpenAI-compatible server. To pro
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import signal
@@ -300,7 +301,7 @@ def _dead(pid: int) -> bool:
 
 
 def test_workers_and_their_runner_are_kept_for_the_next_run(
-    llm: Any, runner_tagged: None, two_workers: None
+    llm: Any, runner_tagged: None, two_workers: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     request = llm_request(llm, make_datasets(sessions=4, turns=2), provider="groq")
     first = run_sync(request).model_dump()
@@ -318,6 +319,8 @@ def test_workers_and_their_runner_are_kept_for_the_next_run(
     assert {pid for pid, _ in _tags(third)} == set(pids)  # same processes...
     assert not {model for _, model in _tags(third)} & {model for _, model in _tags(first)}  # new runner
     assert {r["model"] for r in llm.requests[-8:]} == {"another-model"}
+    gc.collect()  # an exception no task retrieved is logged when the task goes
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text
 
 
 def test_a_worker_that_died_between_runs_is_replaced(llm: Any, pid_tagged: None, two_workers: None) -> None:

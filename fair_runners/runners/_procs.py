@@ -262,12 +262,11 @@ class ProcessRunner:
         )
 
     async def _read_replies(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
-        assert worker.control is not None
         try:
             while True:
                 kind, turn_id, body = await _read(reader)
                 if kind in ("ready", "failed", "ended"):
-                    if not worker.control.done():
+                    if worker.control is not None and not worker.control.done():
                         worker.control.set_result((kind, body))
                     continue
                 future = worker.pending.get(turn_id)
@@ -281,7 +280,7 @@ class ProcessRunner:
             pass
         finally:
             worker.alive = False
-            if not worker.control.done():
+            if worker.control is not None and not worker.control.done():
                 worker.control.set_result(("gone", None))
             code = worker.process.exitcode
             for future in worker.pending.values():
