@@ -331,11 +331,30 @@ def test_a_worker_that_died_between_runs_is_replaced(llm: Any, pid_tagged: None,
     deadline = time.monotonic() + 5
     while not _dead(victim) and time.monotonic() < deadline:
         time.sleep(0.01)
+    # Seen dead when the run takes its workers (then replaced at once), or only when it opens the runner
+    # (its threads still exiting: then this run goes on without it, and the next forks the replacement).
+    # Either way no turn is sent to it and none is lost.
     result = run_sync(request).model_dump()
     assert result["complete"] and result["totals"]["successes"] == 8 and result["totals"]["retries"] == 0
+    assert victim not in _pids(result) and survivor in _pids(result)
+    again = run_sync(request).model_dump()
     pids = kept_workers().pids
     assert survivor in pids and victim not in pids and len(pids) == 2
-    assert _pids(result) == set(pids)
+    assert again["totals"]["successes"] == 8 and _pids(again) == set(pids)
+
+
+def test_a_worker_found_dead_only_when_the_run_opens_is_left_out(
+    llm: Any, pid_tagged: None, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request = llm_request(llm, make_datasets(sessions=4, turns=2))
+    run_sync(request)
+    victim = kept_workers()._workers[0]
+    monkeypatch.setattr(victim.process, "is_alive", lambda: True)  # still looks alive when taken
+    os.kill(victim.process.pid, signal.SIGKILL)
+    result = run_sync(request).model_dump()
+    assert result["complete"] and result["totals"]["successes"] == 8 and result["totals"]["retries"] == 0
+    assert victim.process.pid not in _pids(result) | set(kept_workers().pids)
+    assert _reaped(victim.process.pid)
 
 
 def test_workers_forked_under_another_environment_are_replaced(

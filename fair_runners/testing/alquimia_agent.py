@@ -16,11 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
-
+from ._asgi import Handler, Request, Response, StreamingResponse, app, json_response
 from ._faults import Fault, FaultPlan
 
 
@@ -47,7 +43,7 @@ class AlquimiaAgent:
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.app = Starlette(routes=[Route("/{path:path}", self._dispatch, methods=["GET", "POST"])])
+        self.app = app(self._route)
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see `Fault`)."""
@@ -57,13 +53,16 @@ class AlquimiaAgent:
         """The infer calls received, in arrival order."""
         return [r for r in self.requests if r["step"] == "infer"]
 
-    async def _dispatch(self, request: Request) -> Response:
-        path = request.url.path
+    def _route(self, method: str, path: str) -> Handler | int:
+        return self._dispatch if method in ("GET", "POST") else 405
+
+    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
+        path = request.path
         if "/event/infer/" in path and request.method == "POST":
             return await self._infer(request, path)
         if "/event/stream/" in path and request.method == "GET":
             return await self._stream(request, path)
-        return JSONResponse({"detail": "not found"}, status_code=404)
+        return json_response({"detail": "not found"}, 404)
 
     def _authorised(self, request: Request) -> bool:
         return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -74,7 +73,7 @@ class AlquimiaAgent:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return JSONResponse({"detail": "invalid json"}, status_code=422)
+            return json_response({"detail": "invalid json"}, 422)
         query = str(body.get("query", ""))
         session_id = str(body.get("session_id", ""))
         with self._lock:
@@ -82,7 +81,7 @@ class AlquimiaAgent:
                 {
                     "step": "infer",
                     "path": path,
-                    "raw_path": request.scope.get("raw_path", b"").decode("latin-1"),
+                    "raw_path": request.raw_path,
                     "query_params": dict(request.query_params),
                     "channel": channel,
                     "agent_id": agent_id,
@@ -94,7 +93,7 @@ class AlquimiaAgent:
                 }
             )
         if not self._authorised(request):
-            return JSONResponse({"detail": "invalid api key"}, status_code=401)
+            return json_response({"detail": "invalid api key"}, 401)
         fault = self.faults.take(query, session_id, "infer")
         if fault is not None and fault.kind == "echo_answer":
             query = f"{query} [auth: {request.headers.get('authorization')}]"
@@ -108,9 +107,9 @@ class AlquimiaAgent:
             history.append(query)
             stream_id = f"s{next(self._ids)}"
             self._pending[stream_id] = _Pending(session_id, query, agent_id, len(history))
-        return JSONResponse({"stream_id": stream_id, "status": "queued"})
+        return json_response({"stream_id": stream_id, "status": "queued"})
 
-    async def _stream(self, request: Request, path: str) -> Response:
+    async def _stream(self, request: Request, path: str) -> Response | StreamingResponse:
         stream_id = path.split("/event/stream/", 1)[1].strip("/")
         with self._lock:
             self.requests.append(
@@ -123,11 +122,11 @@ class AlquimiaAgent:
                 }
             )
         if not self._authorised(request):
-            return JSONResponse({"detail": "invalid api key"}, status_code=401)
+            return json_response({"detail": "invalid api key"}, 401)
         with self._lock:
             pending = self._pending.pop(stream_id, None)
         if pending is None:
-            return JSONResponse({"detail": "unknown stream"}, status_code=404)
+            return json_response({"detail": "unknown stream"}, 404)
         fault = self.faults.take(pending.query, pending.session_id, "stream")
         if fault is not None and fault.kind in ("status", "hang", "slow", "echo", "redirect"):
             refusal = await _apply_fault(fault, request, None)
@@ -138,7 +137,9 @@ class AlquimiaAgent:
         if fault is not None and fault.kind == "answer":
             answer = fault.text
         return StreamingResponse(
-            self._events(answer, fault), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            self._events(answer, fault),
+            media_type="text/event-stream; charset=utf-8",
+            headers={"Cache-Control": "no-cache"},
         )
 
     async def _events(self, answer: str, fault: Fault | None) -> AsyncIterator[bytes]:
@@ -171,19 +172,19 @@ def _event(content: str) -> bytes:
 async def _apply_fault(fault: Fault, request: Request, body: Any) -> Response | None:
     if fault.kind == "echo":
         echoed = {"error": "echo", "headers": dict(request.headers), "body": body}
-        return JSONResponse(echoed, status_code=fault.status)
+        return json_response(echoed, fault.status)
     if fault.kind == "redirect":
-        return Response(status_code=fault.status, headers={"Location": fault.location})
+        return Response(status=fault.status, headers={"Location": fault.location})
     if fault.kind == "status":
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-        return JSONResponse({"detail": f"injected {fault.status}"}, status_code=fault.status, headers=headers)
+        return json_response({"detail": f"injected {fault.status}"}, fault.status, headers)
     if fault.kind == "hang":
         await asyncio.sleep(3600)
     if fault.kind == "slow":
         await asyncio.sleep(fault.delay_s)
         return None
     if fault.kind == "no_stream_id":
-        return JSONResponse({"status": "queued"})
+        return json_response({"status": "queued"})
     return None
 
 

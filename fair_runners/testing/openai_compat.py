@@ -17,12 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
+from ._asgi import Handler, Request, Response, app, json_response
 from ._faults import Fault, FaultPlan
+
+_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
 
 
 @dataclass
@@ -37,12 +35,12 @@ class OpenAICompatServer:
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.app = Starlette(
-            routes=[
-                Route("/v1/chat/completions", self._completions, methods=["POST"]),
-                Route("/openai/v1/chat/completions", self._completions, methods=["POST"]),
-            ]
-        )
+        self.app = app(self._route)
+
+    def _route(self, method: str, path: str) -> Handler | int | None:
+        if path not in _PATHS:
+            return None
+        return self._completions if method == "POST" else 405
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see `Fault`; the `phase` is always `infer`)."""
@@ -59,7 +57,7 @@ class OpenAICompatServer:
         with self._lock:
             self.requests.append(
                 {
-                    "path": request.url.path,
+                    "path": request.path,
                     "model": body.get("model"),
                     "messages": messages,
                     "query": query,
@@ -78,10 +76,10 @@ class OpenAICompatServer:
                 message = f"bad request with key {auth}: {dict(request.headers)} {json.dumps(body)}"
                 return _error(fault.status, message, "invalid_request_error")
             if fault.kind == "redirect":
-                return Response(status_code=fault.status, headers={"Location": fault.location})
+                return Response(status=fault.status, headers={"Location": fault.location})
             if fault.kind == "echo_answer":
                 answer = f"echo: {query} [auth: {request.headers.get('authorization')}]"
-                return JSONResponse(_completion(body, answer, next(self._ids)))
+                return json_response(_completion(body, answer, next(self._ids)))
             if fault.kind == "status":
                 headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                 return _error(fault.status, f"injected {fault.status}", "server_error", headers)
@@ -90,7 +88,7 @@ class OpenAICompatServer:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":
-                return JSONResponse(_completion(body, "", next(self._ids)))
+                return json_response(_completion(body, "", next(self._ids)))
             if fault.kind == "answer":  # ASCII JSON: the text may hold what UTF-8 cannot
                 data = json.dumps(_completion(body, fault.text, next(self._ids)))
                 return Response(data.encode("ascii"), media_type="application/json")
@@ -98,7 +96,7 @@ class OpenAICompatServer:
             await asyncio.sleep(self.latency_s)
         has_system = any(m.get("role") == "system" for m in messages)
         answer = f"echo: {query} (history={len(user_messages) - 1}, system={'yes' if has_system else 'no'})"
-        return JSONResponse(_completion(body, answer, next(self._ids)))
+        return json_response(_completion(body, answer, next(self._ids)))
 
 
 def _completion(body: dict[str, Any], answer: str, n: int) -> dict[str, Any]:
@@ -121,9 +119,7 @@ def _completion(body: dict[str, Any], answer: str, n: int) -> dict[str, Any]:
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse(
-        {"error": {"message": message, "type": code, "code": code}}, status_code=status, headers=headers
-    )
+    return json_response({"error": {"message": message, "type": code, "code": code}}, status, headers)
 
 
 def main() -> None:
