@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from fair_runners import InvalidRequest
+from fair_runners.testing import Fault
 from handler.app import lambda_handler
 
 from .conftest import FakeLambdaContext, alquimia_request, llm_request, make_datasets
@@ -79,3 +80,28 @@ def test_an_empty_connector_means_alquimia_as_in_fair_forge(
     request["connector"] = empty
     result = lambda_handler(request, lambda_context)
     assert result["mode"] == "alquimia" and result["totals"]["successes"] == 1
+
+
+def test_emf_metrics_carry_every_latency_and_the_run_totals(
+    agent: Any, lambda_context: FakeLambdaContext, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent.add_fault(Fault("status", status=400, query="question 2 of s3"))  # a failed turn is measured too
+    capsys.readouterr()
+    result = lambda_handler(alquimia_request(agent, make_datasets(sessions=70, turns=3)), lambda_context)
+    documents = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    emf = [d for d in documents if "_aws" in d]
+    assert all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "FairRunners" for d in emf)
+    assert all(d["service"] == "fair-runners" for d in emf)
+    latency_docs = [d for d in emf if "TurnLatency" in d]
+    latencies = [v for d in latency_docs for v in d["TurnLatency"]]
+    # 210 turns, one value each, at most 100 values a document, in milliseconds
+    assert [len(d["TurnLatency"]) for d in latency_docs] == [100, 100, 10]
+    assert all(
+        d["_aws"]["CloudWatchMetrics"][0]["Metrics"] == [{"Name": "TurnLatency", "Unit": "Milliseconds"}]
+        for d in latency_docs
+    )
+    recorded = [t["latency_ms"] for summary in result["summaries"] for t in summary["turns"]]
+    assert sorted(latencies) == sorted(recorded)
+    totals = next(d for d in emf if "TurnsOk" in d)
+    assert totals["TurnsOk"] == [209.0] and totals["TurnsFailed"] == [1.0] and totals["TurnsSkipped"] == [0.0]
+    assert totals["RunWallTime"][0] == pytest.approx(result["totals"]["wall_time_ms"])
