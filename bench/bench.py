@@ -332,8 +332,8 @@ def main() -> int:
                 )
                 row = runs[len(runs) // 2]
                 row["wall_s_runs"] = [r["wall_s"] for r in runs]
-                if per_process > 1:
-                    nexts = sorted(r["next_wall_s"][0] for r in runs)
+                nexts = sorted(later[0] for later in (r.pop("next_wall_s") for r in runs) if later)
+                if nexts:  # the median of the second runs, next to the first runs' median
                     row["next_wall_s_runs"] = nexts
                     row["next_wall_s"] = nexts[len(nexts) // 2]
                 # The loopback server's CPU per run (warm-up included): when it nears the wall time, the
