@@ -357,6 +357,22 @@ def test_a_worker_found_dead_only_when_the_run_opens_is_left_out(
     assert _reaped(victim.process.pid)
 
 
+def test_the_lambda_runtimes_per_invocation_trace_header_keeps_the_workers(
+    llm: Any, pid_tagged: None, two_workers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runtime sets _X_AMZN_TRACE_ID in os.environ before every invocation: the workers must stay.
+    request = llm_request(llm, make_datasets(sessions=4, turns=1))
+    pids = []
+    for trace in ("Root=1-aaaa;Sampled=0", "Root=1-bbbb;Sampled=1", None):
+        if trace is None:
+            monkeypatch.delenv("_X_AMZN_TRACE_ID")
+        else:
+            monkeypatch.setenv("_X_AMZN_TRACE_ID", trace)
+        assert run_sync(request).totals.successes == 4
+        pids.append(kept_workers().pids)
+    assert pids[0] == pids[1] == pids[2] and len(pids[0]) == 2
+
+
 def test_workers_forked_under_another_environment_are_replaced(
     llm: Any, pid_tagged: None, two_workers: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

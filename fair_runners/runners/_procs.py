@@ -36,6 +36,9 @@ from .._errors import FairRunnersError, PermanentBackendError, TransientBackendE
 from ._base import Runner, TurnInput, TurnOutput
 
 _HEADER = struct.Struct("!I")
+# Env variables that change on every invocation without changing what a worker does: the Lambda runtime sets
+# the X-Ray trace header for each one. Any other difference replaces the kept workers.
+_PER_INVOCATION_ENV = frozenset({"_X_AMZN_TRACE_ID"})
 _START_TIMEOUT_S = 30.0  # a worker opening its runner (building a model) before it answers `ready`
 _END_TIMEOUT_S = 1.0  # a worker confirming the end of a run: its cancelled turns wind down first
 
@@ -181,7 +184,8 @@ class ProcessRunner:
         else:  # another run of this process holds the kept workers: fork a set of our own
             self._pool, self._own_pool = WorkerPool(), True
         try:
-            state = (frozenset(os.environ.items()), self._state)
+            env = frozenset(item for item in os.environ.items() if item[0] not in _PER_INVOCATION_ENV)
+            state = (env, self._state)
             self._workers = self._pool.take(self._count, state)
             spec = pickle.dumps(self.runner, protocol=pickle.HIGHEST_PROTOCOL)
             for worker in self._workers:
