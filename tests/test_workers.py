@@ -436,6 +436,56 @@ def test_closing_the_kept_workers_reaps_them(llm: Any, two_workers: None) -> Non
     assert kept_workers().pids == [] and all(_reaped(pid) for pid in pids)
 
 
+class _IgnoresCancellation:
+    """A runner whose `stuck` turn shrugs off cancellation for 1.5 s, then answers all the same."""
+
+    name = "ignores-cancellation"
+
+    async def __aenter__(self) -> _IgnoresCancellation:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"runner": self.name}
+
+    async def run_turn(self, turn: TurnInput) -> TurnOutput:
+        if turn.batch.query == "stuck":
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1.5)
+            return TurnOutput("late answer to stuck")
+        return TurnOutput(f"answer to {turn.batch.query} [pid {os.getpid()}]")
+
+
+def _turn(query: str) -> TurnInput:
+    return TurnInput(
+        "s",
+        "",
+        Dataset.model_validate(make_datasets(1, 1)[0]).conversation[0].model_copy(update={"query": query}),
+    )
+
+
+def test_a_worker_that_cannot_wind_down_its_turns_is_replaced_not_reused() -> None:
+    # Its late answer must never reach the next run: the worker does not confirm the end, so it is ended.
+    async def scenario() -> tuple[int, TurnOutput, list[int]]:
+        async with ProcessRunner(_IgnoresCancellation(), 1) as runner:
+            stuck_pid = runner.worker_pids[0]
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await runner.run_turn(_turn("stuck"))
+        async with ProcessRunner(_IgnoresCancellation(), 1) as runner:
+            return stuck_pid, await runner.run_turn(_turn("next")), runner.worker_pids
+
+    started = time.monotonic()
+    stuck_pid, answer, pids = asyncio.run(scenario())
+    assert time.monotonic() - started < 3
+    assert _reaped(stuck_pid) and stuck_pid not in pids
+    assert answer.content == f"answer to next [pid {pids[0]}]"
+
+
 class _FailsToOpen:
     """A runner that cannot open in a worker: raises `error`, or (None) kills its process."""
 

@@ -46,6 +46,9 @@ _END_TIMEOUT_S = 1.0  # a worker confirming the end of a run: its cancelled turn
 # another worker's stream open after the parent closed it.
 _PARENT_ENDS: weakref.WeakSet[socket.socket] = weakref.WeakSet()
 _FORKING = threading.Lock()
+# Turn ids never repeat in this process, not even across runs: a late reply can only miss, never answer
+# another turn.
+_TURN_IDS = itertools.count()
 
 
 def _frame(message: object) -> bytes:
@@ -167,7 +170,6 @@ class ProcessRunner:
         self._pool: WorkerPool | None = None
         self._own_pool = False
         self._workers: list[_Worker] = []
-        self._ids = itertools.count()
 
     @property
     def worker_pids(self) -> list[int]:
@@ -222,7 +224,7 @@ class ProcessRunner:
             raise PermanentBackendError("internal error: every worker process has exited")
         worker = min(live, key=lambda w: len(w.pending))
         assert worker.writer is not None
-        turn_id = next(self._ids)
+        turn_id = next(_TURN_IDS)
         future: asyncio.Future[TurnOutput] = asyncio.get_running_loop().create_future()
         worker.pending[turn_id] = future
         try:
@@ -354,12 +356,15 @@ async def _serve(sock: socket.socket) -> None:
             running.pop(turn_id, None)
         writer.write(_frame(reply))
 
-    async def cancel_all() -> None:
+    async def cancel_all() -> bool:
+        """Cancel every running turn; True once all have ended (none can reply any more)."""
         tasks = list(running.values())
         for task in tasks:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=_END_TIMEOUT_S / 2)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=_END_TIMEOUT_S / 2)
+        return not pending
 
     try:
         while True:
@@ -368,8 +373,7 @@ async def _serve(sock: socket.socket) -> None:
                 running[turn_id] = asyncio.create_task(answer(turn_id, body))
             elif kind == "cancel" and turn_id in running:
                 running[turn_id].cancel()
-            elif kind == "end":
-                await cancel_all()
+            elif kind == "end" and await cancel_all():  # else no confirmation: the parent replaces us
                 writer.write(_frame(("ended", -1, None)))
             elif kind == "open":
                 if body != spec:  # another runner than the one held: close that one, open this one
