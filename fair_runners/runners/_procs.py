@@ -167,8 +167,7 @@ class ProcessRunner:
         self.name = runner.name
         self._count = workers
         self._state = state
-        self._pool: WorkerPool | None = None
-        self._own_pool = False
+        self._pool: WorkerPool | None = None  # the kept workers, or (overlapping another run) our own
         self._workers: list[_Worker] = []
 
     @property
@@ -184,7 +183,7 @@ class ProcessRunner:
         if _POOL.lock.acquire(blocking=False):
             self._pool = _POOL
         else:  # another run of this process holds the kept workers: fork a set of our own
-            self._pool, self._own_pool = WorkerPool(), True
+            self._pool = WorkerPool()
         try:
             env = frozenset(item for item in os.environ.items() if item[0] not in _PER_INVOCATION_ENV)
             state = (env, self._state)
@@ -320,7 +319,7 @@ class ProcessRunner:
                 if not worker.clean:
                     self._pool.discard(worker)
             self._workers = []
-            if self._own_pool:
+            if self._pool is not _POOL:
                 self._pool.close()
             else:
                 self._pool.lock.release()
