@@ -3,7 +3,9 @@
 The library needs no AWS: `run_sync(request_dict)` runs a request and returns a `RunResult`.
 """
 
+from ._api import execute, iter_sessions, run, run_sync
 from ._errors import (
+    AnswerTooLarge,
     AuthenticationFailed,
     BackendError,
     ConfigurationError,
@@ -18,9 +20,17 @@ from ._errors import (
     TransientBackendError,
     TurnTimeout,
 )
-from ._events import Event, RunFinished, RunStarted, SessionFinished, TurnFinished, TurnRetrying
-from ._progress import RunProgress
-from ._run import PreparedRun, execute, iter_sessions, parse_request, prepare, run, run_sync
+from ._progress import (
+    ProgressCallback,
+    ProgressEvent,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    SessionFinished,
+    TurnFinished,
+    TurnRetrying,
+)
+from ._request import PreparedRun, parse_request, prepare
 from ._schemas import (
     AlquimiaConfig,
     Batch,
@@ -34,12 +44,13 @@ from ._schemas import (
     TurnRecord,
 )
 from ._settings import Settings
-from ._timing import Deadline
+from .engine import Deadline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AlquimiaConfig",
+    "AnswerTooLarge",
     "AuthenticationFailed",
     "BackendError",
     "Batch",
@@ -48,13 +59,14 @@ __all__ = [
     "Dataset",
     "Deadline",
     "EmptyAnswer",
-    "Event",
     "FairRunnersError",
     "InternalError",
     "InvalidRequest",
     "PayloadTooLarge",
     "PermanentBackendError",
     "PreparedRun",
+    "ProgressCallback",
+    "ProgressEvent",
     "ProtocolError",
     "RateLimited",
     "RunFinished",

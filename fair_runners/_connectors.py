@@ -169,6 +169,11 @@ class ConnectorSpec:
     # The provider's own env variable for its key (None when the provider needs no key).
     key_env: str | None
     params: Mapping[str, ParamRule] = field(default_factory=lambda: dict(_COMMON_PARAMS))
+    # The provider's built-in endpoint, passed explicitly when a request names none (so no SDK reads a base
+    # URL from env by itself); None when the class has no URL parameter.
+    default_base_url: str | None = None
+    # False for classes a deployer added by env: they never get a deployment key.
+    builtin: bool = True
 
     @property
     def canonical(self) -> str:
@@ -176,8 +181,10 @@ class ConnectorSpec:
         return f"{self.module}.{self.attribute}"
 
 
-_OPENAI = ConnectorSpec("langchain_openai", "ChatOpenAI", "OPENAI_API_KEY", _OPENAI_PARAMS)
-_GROQ = ConnectorSpec("langchain_groq", "ChatGroq", "GROQ_API_KEY", _GROQ_PARAMS)
+_OPENAI = ConnectorSpec(
+    "langchain_openai", "ChatOpenAI", "OPENAI_API_KEY", _OPENAI_PARAMS, "https://api.openai.com/v1"
+)
+_GROQ = ConnectorSpec("langchain_groq", "ChatGroq", "GROQ_API_KEY", _GROQ_PARAMS, "https://api.groq.com")
 _GOOGLE = ConnectorSpec("langchain_google_genai", "ChatGoogleGenerativeAI", "GOOGLE_API_KEY", _GOOGLE_PARAMS)
 _OLLAMA = ConnectorSpec("langchain_ollama", "ChatOllama", None, _OLLAMA_PARAMS)
 
@@ -205,7 +212,7 @@ def allowlist() -> dict[str, ConnectorSpec]:
         path = raw.strip()
         if path and _DOTTED.match(path):
             module, _, attribute = path.rpartition(".")
-            allowed[path] = ConnectorSpec(module, attribute, None)
+            allowed[path] = ConnectorSpec(module, attribute, None, builtin=False)
     return allowed
 
 
@@ -251,10 +258,11 @@ def load_chat_model_class(spec: ConnectorSpec) -> type[Any]:
 def check_params(spec: ConnectorSpec, params: Mapping[str, Any]) -> None:
     """Refuse constructor params this connector does not allow, values of the wrong kind, and bad URLs.
 
-    Every refused key is named as `connector.params.<key>`; URL params go through the network guard
-    (https, public address or an allowlisted host), before any connection is made.
+    Every refused key is named as `connector.params.<key>`; URL params are parsed by the network guard
+    (https, no internal host or address unless allowlisted); their DNS names are checked before the run
+    sends anything (`PreparedRun.vet_targets`).
     """
-    from ._netguard import check_url
+    from ._netguard import parse_url
 
     problems: list[dict[str, str]] = []
     for key, value in params.items():
@@ -281,33 +289,4 @@ def check_params(spec: ConnectorSpec, params: Mapping[str, Any]) -> None:
         )
     for key, rule in spec.params.items():
         if rule.kind == "url" and key in params:
-            check_url(params[key], f"connector.params.{key}")
-
-
-def resolve_api_key(spec: ConnectorSpec, params: dict[str, Any]) -> str | None:
-    """The key to use: `params.api_key`, else env `LLM_API_KEY`, else the provider's own variable.
-
-    Raises `InvalidRequest` when the provider needs a key and none is found anywhere.
-    """
-    key = params.get("api_key")
-    if isinstance(key, str) and key:
-        return key
-    if key not in (None, ""):
-        raise InvalidRequest(
-            "connector.params.api_key must be a string",
-            [{"loc": "connector.params.api_key", "msg": "must be a string"}],
-        )
-    env_key = os.environ.get("LLM_API_KEY")
-    if env_key:
-        return env_key
-    if spec.key_env is None or os.environ.get(spec.key_env):
-        return None
-    raise InvalidRequest(
-        "no API key for the connector",
-        [
-            {
-                "loc": "connector.params.api_key",
-                "msg": f"missing: send connector.params.api_key, or set env LLM_API_KEY or {spec.key_env}",
-            }
-        ],
-    )
+            parse_url(params[key], f"connector.params.{key}")

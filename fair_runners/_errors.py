@@ -12,6 +12,7 @@ Three families that never mix:
         │   └── RateLimited           429: honours `retry_after`, slows the whole backend down
         ├── AuthenticationFailed      401/403: stops the run for that backend
         └── PermanentBackendError     other 4xx, empty answers, malformed replies: not retried
+            └── AnswerTooLarge        a reply over FAIR_RUNNERS_MAX_ANSWER_BYTES (decoded): not retried
 
 Class names are stable: Step Functions `Retry`/`Catch` match on them.
 """
@@ -110,6 +111,12 @@ class EmptyAnswer(PermanentBackendError):
     """The backend answered, but with no content."""
 
     error_type = "empty_answer"
+
+
+class AnswerTooLarge(PermanentBackendError):
+    """The backend sent more than the answer-size limit allows (counted after decompression)."""
+
+    error_type = "too_large"
 
 
 class ProtocolError(PermanentBackendError):

@@ -11,13 +11,11 @@ A URL from a request (`config.base_url`, a connector's `base_url`) is accepted o
   address (IPv4-mapped, IPv4-compatible, NAT64, 6to4, Teredo);
 
 unless the deployer lists the host (`host`, any port) or `host:port` in env `FAIR_RUNNERS_ALLOWED_HOSTS`;
-plain `http` is then accepted for it too. `check_url` runs in `prepare()`, before any connection.
+plain `http` is then accepted for it too. `parse_url` runs in `prepare()` (no DNS); `vet_url` resolves
+the name off the event loop before the run sends anything.
 
-The same rules hold at connect time: `guarded_session()` builds the Alquimia runner's aiohttp session, and
-the LLM runner's transport (`runners/_http1.py`) uses the same resolver and IP-literal check. The resolver
-resolves the name itself, re-checks every address and returns only the addresses it checked (so a DNS
-answer that changes between the check and the connection, "DNS rebinding", cannot reach a private address);
-IP-literal hosts are checked before connecting.
+The same rules hold at connect time in `runners._session.guarded_session()`, the one aiohttp session each
+runner uses. This module imports no HTTP client (the merge step's Lambda uses it without one).
 """
 
 from __future__ import annotations
@@ -32,11 +30,6 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-import aiohttp.abc
-import aiohttp.connector
-import aiohttp.tracing
 
 from ._errors import InvalidRequest
 
@@ -197,21 +190,8 @@ def _resolve(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-def _new_dns_pool() -> concurrent.futures.ThreadPoolExecutor:
-    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-runners-dns")
-
-
-_DNS_POOL = _new_dns_pool()
-
-
-def _reset_dns_pool_in_child() -> None:
-    # A forked worker (LLM mode) inherits the pool object but not its threads: work handed to it would wait
-    # for a thread that does not exist. Start the child with a pool of its own.
-    global _DNS_POOL
-    _DNS_POOL = _new_dns_pool()
-
-
-os.register_at_fork(after_in_child=_reset_dns_pool_in_child)
+# Lookups run here, never on the event loop (getaddrinfo blocks).
+_DNS_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="fair-runners-dns")
 
 
 def _dns_timeout() -> float:
@@ -221,19 +201,24 @@ def _dns_timeout() -> float:
         return _DEFAULT_DNS_TIMEOUT_S
 
 
-def resolve_checked(host: str, port: int) -> list[IPAddress]:
-    """Resolve `host` (bounded by env `FAIR_RUNNERS_DNS_TIMEOUT_S`) and check every address."""
-    future = _DNS_POOL.submit(_resolve, host, port)
+async def lookup(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, looked up on the DNS threads (bounded by the DNS timeout)."""
+    loop = asyncio.get_running_loop()
     try:
-        raw = future.result(timeout=_dns_timeout())
-    except concurrent.futures.TimeoutError:
+        return await asyncio.wait_for(loop.run_in_executor(_DNS_POOL, _resolve, host, port), _dns_timeout())
+    except TimeoutError:
         raise LookupFailed("its DNS lookup timed out") from None
     except (OSError, UnicodeError):
         raise LookupFailed("it does not resolve") from None
-    return _checked(raw)
 
 
-def _checked(raw: Iterable[str]) -> list[IPAddress]:
+async def resolve_checked(host: str, port: int) -> list[IPAddress]:
+    """Resolve `host` off the event loop (bounded by env `FAIR_RUNNERS_DNS_TIMEOUT_S`); check each address."""
+    return check_addresses(await lookup(host, port))
+
+
+def check_addresses(raw: Iterable[str]) -> list[IPAddress]:
+    """Parse and check every address a lookup returned; `LookupFailed` when none, `BlockedAddress` on one."""
     addresses: list[IPAddress] = []
     for text in raw:
         try:
@@ -329,117 +314,25 @@ def parse_url(url: Any, loc: str) -> Target:
     return Target(scheme, host, port, allowlisted)
 
 
-def check_url(url: Any, loc: str) -> Target:
-    """`parse_url`, then resolve a DNS name and check every address; raise `InvalidRequest` naming `loc`."""
+async def vet_url(url: Any, loc: str) -> Target:
+    """`parse_url`, then resolve a DNS name (off the event loop) and check every address; raise
+    `InvalidRequest` naming `loc`."""
     target = parse_url(url, loc)
-    if target.allowlisted:
+    if target.allowlisted or is_ip_literal(target.host):
         return target
     try:
-        ipaddress.ip_address(target.host)
-    except ValueError:
-        try:
-            resolve_checked(target.host, target.port)
-        except BlockedAddress as exc:
-            reason = f"{exc}" if isinstance(exc, LookupFailed) else f"it resolves to {exc}"
-            why = f"host {target.host}: {reason} (allow it in env {ALLOWED_HOSTS_ENV})"
-            raise InvalidRequest(f"{loc} is not an allowed URL: {why}", [{"loc": loc, "msg": why}]) from None
+        await resolve_checked(target.host, target.port)
+    except BlockedAddress as exc:
+        reason = f"{exc}" if isinstance(exc, LookupFailed) else f"it resolves to {exc}"
+        why = f"host {target.host}: {reason} (allow it in env {ALLOWED_HOSTS_ENV})"
+        raise InvalidRequest(f"{loc} is not an allowed URL: {why}", [{"loc": loc, "msg": why}]) from None
     return target
 
 
-# --------------------------------------------------------------------------------------------- connect time
-
-
-def _refused(host: str, why: str) -> OSError:
-    return OSError(f"refused by the network guard: {host} ({why})")
-
-
-class GuardedResolver(aiohttp.abc.AbstractResolver):
-    """Resolves a name itself (bounded by `FAIR_RUNNERS_DNS_TIMEOUT_S`) and returns only checked addresses.
-
-    aiohttp connects to exactly the addresses a resolver returns, so a DNS answer that changed since
-    `prepare()` checked the name ("DNS rebinding") cannot reach a private address.
-    """
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[aiohttp.abc.ResolveResult]:
-        loop = asyncio.get_running_loop()
-        try:
-            raw = await asyncio.wait_for(
-                loop.run_in_executor(_DNS_POOL, _resolve, host, port), _dns_timeout()
-            )
-        except (OSError, UnicodeError, TimeoutError):
-            raise _refused(host, "it does not resolve") from None
-        try:
-            if is_allowlisted(host, port):
-                addresses = [ipaddress.ip_address(text.split("%", 1)[0]) for text in raw]
-            else:
-                addresses = _checked(raw)
-        except (BlockedAddress, ValueError) as exc:
-            raise _refused(host, str(exc)) from None
-        return [
-            {
-                "hostname": host,
-                "host": str(address),
-                "port": port,
-                "family": socket.AF_INET6 if address.version == 6 else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
-            }
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        """Nothing to release (lookups run in a shared thread pool)."""
-
-
-def _literal_refusal(host: str, port: int) -> str | None:
-    """Why an IP-literal host may not be connected to (None: not a literal, allowlisted, or public)."""
+def is_ip_literal(host: str) -> bool:
+    """True when `host` is an IP address (v4 or v6, zone id ignored), not a DNS name."""
     try:
-        literal = ipaddress.ip_address(host.split("%", 1)[0])
+        ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return None
-    if is_allowlisted(host, port):
-        return None
-    try:
-        check_ip(literal)
-    except BlockedAddress as exc:
-        return str(_refused(host, str(exc)))
-    return None
-
-
-class GuardedConnector(aiohttp.TCPConnector):
-    """A `TCPConnector` that checks IP-literal hosts too (aiohttp does not resolve those)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._verdicts: dict[tuple[str, int, str], str | None] = {}
-
-    async def connect(
-        self,
-        req: aiohttp.ClientRequest,
-        traces: list[aiohttp.tracing.Trace],
-        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's interface)
-    ) -> aiohttp.connector.Connection:
-        host = (req.url.raw_host or "").strip("[]")
-        port = req.url.port or 0
-        key = (host, port, os.environ.get(ALLOWED_HOSTS_ENV, ""))
-        refusal = self._verdicts.get(key, "")
-        if refusal == "":  # not seen yet (the same few hosts come back on every request of a run)
-            refusal = self._verdicts[key] = _literal_refusal(host, port)
-        if refusal is not None:
-            raise aiohttp.ClientConnectionError(refusal)
-        return await super().connect(req, traces, timeout)
-
-
-def guarded_session(
-    max_connections: int, timeout: aiohttp.ClientTimeout | None = None
-) -> aiohttp.ClientSession:
-    """The HTTP session every runner uses: one keep-alive pool, every address checked, no env proxies.
-
-    Create it inside the running event loop (it binds to it).
-    """
-    connector = GuardedConnector(
-        limit=max_connections, limit_per_host=0, keepalive_timeout=30, resolver=GuardedResolver()
-    )
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False)
+        return False
+    return True

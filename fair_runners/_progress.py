@@ -1,19 +1,74 @@
-"""Running counts of a run, fed by its progress events.
+"""Progress events of a run, and `RunProgress`, the running counts folded from them.
 
-The engine emits events (`RunStarted`, `TurnFinished`, `TurnRetrying`, `SessionFinished`, `RunFinished`);
-`RunProgress.update` folds them into counts, elapsed time and an ETA, so a progress bar, a log line and a
-metric all read the same numbers:
+The engine emits progress events (`RunStarted`, `TurnFinished`, `TurnRetrying`, `SessionFinished`,
+`RunFinished`) to the `on_progress` callback; they are the one source the CLI's progress display, the
+Lambda's metrics and your own logs draw from. (Lambda *events* are something else: what triggers the
+function, see `fair_runners.edge`.) `RunProgress.update` folds them into counts, elapsed time and an ETA:
 
     progress = RunProgress()
-    result = run_sync(request, on_event=progress.update)
+    result = run_sync(request, on_progress=progress.update)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
-from ._events import Event, RunFinished, RunStarted, SessionFinished, TurnFinished, TurnRetrying
+if TYPE_CHECKING:
+    from ._schemas import Dataset, RunTotals, SessionSummary, TurnRecord
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    """The run is about to send its first turn."""
+
+    run_id: str
+    mode: str
+    sessions: int
+    turns: int
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    """One turn is done (ok, error, kept or skipped)."""
+
+    session_id: str
+    record: TurnRecord
+
+
+@dataclass(frozen=True)
+class TurnRetrying:
+    """An attempt failed with a transient error and will be retried after `delay_s`."""
+
+    session_id: str
+    qa_id: str
+    attempt: int
+    error_type: str
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class SessionFinished:
+    """A session is done: its dataset (answers filled in) and its summary."""
+
+    index: int
+    dataset: Dataset
+    summary: SessionSummary
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The run is over."""
+
+    run_id: str
+    complete: bool
+    totals: RunTotals
+
+
+ProgressEvent = Union[RunStarted, TurnFinished, TurnRetrying, SessionFinished, RunFinished]  # noqa: UP007
+ProgressCallback = Callable[[ProgressEvent], None]
 
 
 @dataclass
@@ -36,8 +91,8 @@ class RunProgress:
     started_at: float | None = None
     finished_at: float | None = None
 
-    def update(self, event: Event) -> None:
-        """Fold one event into the counts (usable directly as an `on_event` callback)."""
+    def update(self, event: ProgressEvent) -> None:
+        """Fold one progress event into the counts (usable directly as the `on_progress` callback)."""
         if isinstance(event, RunStarted):
             self.run_id, self.mode = event.run_id, event.mode
             self.sessions, self.turns = event.sessions, event.turns

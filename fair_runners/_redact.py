@@ -1,11 +1,18 @@
 """Keep secrets out of responses, error messages and logs.
 
 Every key the run uses (payload, env, secret stores) is registered with a `Redactor`; every string that
-leaves the engine (turn errors, warnings, log messages) goes through `Redactor.redact`.
+leaves the engine (turn errors, warnings, log messages) goes through `Redactor.redact`. What is masked:
+
+- a registered key, whole, and in its usual encodings (JSON-escaped, URL-encoded, base64 of the whole key);
+- any run of 8 or more consecutive characters of one of those forms, anywhere in a text (a backend that
+  echoes `Invalid credentials sk-live-0123...`, an error cut in the middle of a key);
+- 6 or more characters of a key's head at the very end of a text, or of its tail at the very start;
+- credential-shaped strings that were never registered (`Bearer ...`, `sk-...`, `api_key=...`).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -13,12 +20,18 @@ import re
 from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import quote
 
 REDACTED = "***"
 _MIN_SECRET_LEN = 4
 # A secret cut short by a truncated message still leaks its first characters: mask any fragment this long
 # at either end of the text.
 _MIN_FRAGMENT = 6
+# Any run of a secret this long is masked wherever it stands in a text.
+_MIN_RUN = 8
+# Every run of _MIN_RUN characters holds one of a secret's _GRAM-character pieces that start at a multiple of
+# _GRAM: looking for those pieces (a fast substring test) finds every place a run may start.
+_GRAM = 4
 # Env variables whose values are always secrets.
 SECRET_ENV = ("ALQUIMIA_API_KEY", "LLM_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "GOOGLE_API_KEY")
 
@@ -45,11 +58,16 @@ class Redactor:
         Its JSON-escaped form is registered too, so it is found inside serialised output.
         """
         if secret and len(secret) >= _MIN_SECRET_LEN:
-            self._secrets.add(secret)
             self._ordered = None
-            escaped = json.dumps(secret)[1:-1]
-            if escaped != secret:
-                self._secrets.add(escaped)
+            self._secrets.add(secret)
+            raw = secret.encode("utf-8", "surrogatepass")
+            for form in (
+                json.dumps(secret)[1:-1],
+                quote(secret, safe=""),
+                base64.b64encode(raw).decode("ascii"),
+                base64.urlsafe_b64encode(raw).decode("ascii").rstrip("="),
+            ):
+                self._secrets.add(form)
 
     def add_env(self) -> None:
         """Register the secrets held in env (`SECRET_ENV`)."""
@@ -69,7 +87,7 @@ class Redactor:
         for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-            text = _mask_fragments(text, secret)
+            text = _mask_runs(_mask_fragments(text, secret), secret)
         return _PATTERNS.sub(_mask, text) if patterns else text
 
     def redact_obj(self, value: Any, *, patterns: bool = True) -> Any:
@@ -85,8 +103,9 @@ class Redactor:
 
     def _traces_in(self, value: Any) -> bool:
         """Whether `value` may hold something `redact` masks: a secret, its first or its last
-        `_MIN_FRAGMENT` characters (every masked fragment holds one of those), in plain or JSON-escaped form
-        (both are registered)."""
+        `_MIN_FRAGMENT` characters (every masked end fragment holds one of those), or one of its aligned
+        `_GRAM`-character pieces (every masked run holds one), in any registered form. JSON text escapes
+        what JSON escapes: the escaped form of each secret is registered too."""
         try:
             text = json.dumps(value)
         except (TypeError, ValueError):
@@ -95,7 +114,10 @@ class Redactor:
             if len(secret) <= _MIN_FRAGMENT:
                 if secret in text:
                     return True
-            elif secret[:_MIN_FRAGMENT] in text or secret[-_MIN_FRAGMENT:] in text:
+                continue
+            if secret[:_MIN_FRAGMENT] in text or secret[-_MIN_FRAGMENT:] in text:
+                return True
+            if len(secret) >= _MIN_RUN and any(piece in text for piece in _pieces(secret)):
                 return True
         return False
 
@@ -131,6 +153,59 @@ def _mask_fragments(text: str, secret: str) -> str:
                 text = REDACTED + text[size:]
                 break
     return text
+
+
+def _pieces(secret: str) -> list[str]:
+    """The secret's `_GRAM`-character pieces at multiples of `_GRAM` (see `_GRAM`)."""
+    return [secret[at : at + _GRAM] for at in range(0, len(secret) - _GRAM + 1, _GRAM)]
+
+
+def _mask_runs(text: str, secret: str) -> str:
+    """Mask every run of `_MIN_RUN` or more consecutive characters of `secret` in `text`, wherever it is."""
+    if len(secret) < _MIN_RUN or len(text) < _MIN_RUN:
+        return text
+    spans: list[tuple[int, int]] = []
+    for at in range(0, len(secret) - _GRAM + 1, _GRAM):
+        piece = secret[at : at + _GRAM]
+        found = text.find(piece)
+        while found >= 0:
+            # Grow the match around this piece for each place the piece stands in the secret.
+            start = secret.find(piece)
+            while start >= 0:
+                left = 0
+                while (
+                    found - left > 0
+                    and start - left > 0
+                    and text[found - left - 1] == secret[start - left - 1]
+                ):
+                    left += 1
+                right = _GRAM
+                while (
+                    found + right < len(text)
+                    and start + right < len(secret)
+                    and text[found + right] == secret[start + right]
+                ):
+                    right += 1
+                if left + right >= _MIN_RUN:
+                    spans.append((found - left, found + right))
+                start = secret.find(piece, start + 1)
+            found = text.find(piece, found + 1)
+    if not spans:
+        return text
+    spans.sort()
+    merged = [spans[0]]
+    for begin, end in spans[1:]:
+        if begin <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((begin, end))
+    parts: list[str] = []
+    cursor = 0
+    for begin, end in merged:
+        parts += [text[cursor:begin], REDACTED]
+        cursor = end
+    parts.append(text[cursor:])
+    return "".join(parts)
 
 
 def _mask(match: re.Match[str]) -> str:

@@ -9,11 +9,7 @@
 | FAIR_RUNNERS_MAX_ATTEMPTS          | 3       | attempts per turn for transient failures             |
 | FAIR_RUNNERS_SAFETY_MARGIN_S       | 3       | kept free before the Lambda's own timeout            |
 | FAIR_RUNNERS_HTTP_DEADLINE_S       | 27      | run budget for API Gateway events (~29 s hard limit) |
-| FAIR_RUNNERS_WORKERS               | auto    | LLM-mode worker processes (`auto`: one per vCPU)     |
-
-`auto` workers: one per vCPU the function really has (on Lambda, 1 per 1,769 MB of memory, since Lambda shows
-two CPUs to every function but throttles the small ones), and one per 8 sessions at most, so a small run
-never pays for a fork.
+| FAIR_RUNNERS_MAX_ANSWER_BYTES      | 2097152 | a reply body, SSE line or event (decoded); stream: 64x |
 """
 
 from __future__ import annotations
@@ -22,11 +18,6 @@ import os
 from dataclasses import dataclass
 
 from ._errors import ConfigurationError
-
-# Lambda gives a function one vCPU's worth of time per 1,769 MB of memory (documented figure).
-_LAMBDA_MB_PER_VCPU = 1769
-# `auto` forks a worker only for at least this many sessions each (a fork costs ~5-10 ms).
-MIN_SESSIONS_PER_WORKER = 8
 
 
 def _env_number(name: str, default: float, minimum: float) -> float:
@@ -55,7 +46,7 @@ class Settings:
     http_deadline_s: float = 27.0
     backoff_base_s: float = 0.5
     backoff_max_s: float = 20.0
-    workers: int | None = None  # None: auto
+    max_answer_bytes: int = 2 * 1024 * 1024
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,29 +61,5 @@ class Settings:
             http_deadline_s=_env_number("FAIR_RUNNERS_HTTP_DEADLINE_S", 27.0, 1.0),
             backoff_base_s=_env_number("FAIR_RUNNERS_BACKOFF_BASE_S", 0.5, 0.0),
             backoff_max_s=_env_number("FAIR_RUNNERS_BACKOFF_MAX_S", 20.0, 0.0),
-            workers=_env_workers(),
+            max_answer_bytes=int(_env_number("FAIR_RUNNERS_MAX_ANSWER_BYTES", 2 * 1024 * 1024, 1024)),
         )
-
-    def worker_count(self, sessions: int) -> int:
-        """Worker processes for an LLM run of `sessions` sessions (1 means: in this process)."""
-        if self.workers is not None:
-            return max(1, min(self.workers, sessions))
-        return max(1, min(available_vcpus(), sessions // MIN_SESSIONS_PER_WORKER))
-
-
-def _env_workers() -> int | None:
-    raw = os.environ.get("FAIR_RUNNERS_WORKERS", "").strip()
-    if raw in ("", "auto"):
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigurationError(f"env FAIR_RUNNERS_WORKERS must be 'auto' or an integer >= 1, got {raw!r}")
-    return int(raw)
-
-
-def available_vcpus() -> int:
-    """CPUs this process may use; on Lambda, the share its memory size buys (at least 1)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    memory = os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "")
-    if memory.isdigit():
-        cpus = min(cpus, max(1, round(int(memory) / _LAMBDA_MB_PER_VCPU)))
-    return max(1, cpus)

@@ -17,8 +17,8 @@ from fair_runners.testing import AlquimiaAgent, LoopbackServer, OpenAICompatServ
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DIR = ROOT / "events"
-ALQUIMIA_KEY = "test-alquimia-key"
-LLM_KEY = "test-llm-key"
+ALQUIMIA_KEY = "demo-alq-key-7Hq2v9XrL4mN"
+LLM_KEY = "demo-llm-key-Vb83Nq1ZcT6y"
 
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FairRunnersTest")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fair-runners-test")
@@ -43,16 +43,6 @@ def _no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_BASE_S", "0.05")
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_MAX_S", "0.5")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_workers() -> Iterator[None]:
-    """LLM worker processes are kept between runs: end them after each test, so the next one forks its own
-    under its own patches (a fake resolver, a wrapped runner) instead of inheriting this one's."""
-    yield
-    from fair_runners.runners._procs import kept_workers
-
-    kept_workers().close()
 
 
 # Names the fake resolver knows; any other name "does not resolve". No test ever asks real DNS.

@@ -14,7 +14,7 @@ import pytest
 
 from fair_runners import InvalidRequest, PayloadTooLarge
 from fair_runners._redact import install_log_redaction
-from handler import app as handler_app
+from fair_runners.edge import lambda_app as handler_app
 
 from .conftest import ALQUIMIA_KEY, LLM_KEY, FakeLambdaContext
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from botocore.stub import Stubber
 
-from fair_runners.aws import AwsClients, AwsSettings, describe_run, execution_arn
+from fair_runners.aws import AwsClients, AwsSettings, describe_execution, execution_arn
 from fair_runners.openapi import RunAccepted, RunStatus
 from handler.app import lambda_handler
 
@@ -210,7 +210,7 @@ def test_progress_from_the_map_run(aws: Aws) -> None:
             },
             {"mapRunArn": map_run},
         )
-        body = describe_run("r-progress", settings, AwsClients(sfn=sfn))
+        body = describe_execution("r-progress", settings, AwsClients(sfn=sfn))
     progress = body["progress"]
     assert progress["datasets_total"] == 1000 and progress["datasets_succeeded"] == 390
     assert progress["datasets_failed"] == 10 and progress["percent"] == 40.0

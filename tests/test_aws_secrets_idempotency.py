@@ -48,6 +48,7 @@ def test_alquimia_key_from_a_secret_store(
     else:
         aws.ssm.put_parameter(Name="/fair-runners/alquimia", Value=ALQUIMIA_KEY, Type="SecureString")
         monkeypatch.setenv("ALQUIMIA_API_KEY_SECRET", "ssm:/fair-runners/alquimia")
+    monkeypatch.setenv("ALQUIMIA_BASE_URL", agent.url)  # the agent the deployment's key belongs to
     result = lambda_handler(_keyless_alquimia(agent), FakeLambdaContext())
     assert result["totals"]["successes"] == 4
     assert {r["authorization"] for r in agent.infer_requests()} == {f"Bearer {ALQUIMIA_KEY}"}
@@ -57,6 +58,7 @@ def test_alquimia_key_from_a_secret_store(
 def test_llm_key_from_secrets_manager(llm: Any, aws: Aws, monkeypatch: pytest.MonkeyPatch) -> None:
     aws.secretsmanager.create_secret(Name="prod/llm", SecretString=LLM_KEY)
     monkeypatch.setenv("LLM_API_KEY_SECRET", "prod/llm")
+    monkeypatch.setenv("LLM_BASE_URL", f"{llm.url}/v1")  # the endpoint the deployment's key belongs to
     request = llm_request(llm, make_datasets(1, 2))
     del request["connector"]["params"]["api_key"]
     result = lambda_handler(request, FakeLambdaContext())
@@ -71,6 +73,7 @@ def test_secret_values_are_cached_and_redacted(aws: Aws, monkeypatch: pytest.Mon
     reset_cache()  # what max_age expiry does in a warm Lambda
     assert read_secret("k", env_name="ALQUIMIA_API_KEY_SECRET", max_age=300) == "rotated-value-5678"
     monkeypatch.setenv("ALQUIMIA_API_KEY_SECRET", "k")
+    monkeypatch.setenv("ALQUIMIA_BASE_URL", "https://public.test")
     request = {
         "datasets": make_datasets(1, 1),
         "config": {"base_url": "https://public.test", "agent_id": "a"},

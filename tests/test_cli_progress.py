@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from fair_runners import RunProgress, RunResult, SessionFinished, iter_sessions, run_sync
-from fair_runners._events import Event
+from fair_runners._progress import ProgressEvent
 from fair_runners.testing import AlquimiaAgent, Fault
 
 from ._cli import ROOT, cli_env
@@ -69,12 +69,12 @@ def test_run_progress_counts_match_the_result(agent: AlquimiaAgent) -> None:
     progress = RunProgress()
     seen: list[tuple[int, int]] = []
 
-    def on_event(event: Event) -> None:
+    def on_progress(event: ProgressEvent) -> None:
         progress.update(event)
         if isinstance(event, SessionFinished):
             seen.append((progress.sessions_done, progress.turns_done))
 
-    result = run_sync(alquimia_request(agent, make_datasets(sessions=3, turns=2)), on_event=on_event)
+    result = run_sync(alquimia_request(agent, make_datasets(sessions=3, turns=2)), on_progress=on_progress)
     assert progress.finished and progress.complete and not progress.all_answered
     assert (progress.sessions, progress.turns) == (3, 6)
     assert (progress.ok, progress.failed, progress.retries) == (5, 1, 1)
@@ -95,7 +95,7 @@ def test_iter_sessions_yields_each_session_as_it_finishes(agent: AlquimiaAgent) 
     async def collect() -> list[str]:
         order = []
         async for dataset, summary in iter_sessions(
-            request, on_event=lambda e: events.append(type(e).__name__)
+            request, on_progress=lambda e: events.append(type(e).__name__)
         ):
             assert summary.session_id == dataset.session_id and summary.successes == summary.total_batches
             order.append(dataset.session_id)

@@ -19,9 +19,7 @@ from fair_runners import (
     TransientBackendError,
     prepare,
 )
-from fair_runners._concurrency import AdaptiveLimiter
-from fair_runners._engine import Engine, EngineOptions
-from fair_runners._timing import Deadline, backoff_delay, percentile
+from fair_runners.engine import AdaptiveLimiter, Deadline, Engine, EngineOptions, backoff_delay, percentile
 from fair_runners.runners import TurnInput, TurnOutput
 
 from .conftest import make_datasets
@@ -71,7 +69,7 @@ def _run(
 ) -> Any:
     opts = EngineOptions(**{"backoff_base_s": 0.01, "backoff_max_s": 0.05, **options})
     engine = Engine(runner, opts, deadline=Deadline.after(deadline_s))
-    return asyncio.run(engine.run(datasets))
+    return asyncio.run(engine.run_sessions(datasets))
 
 
 async def _echo(turn: TurnInput, attempt: int) -> TurnOutput:
@@ -290,7 +288,7 @@ def test_waiting_for_a_slot_stops_at_the_deadline() -> None:
     engine.limiter.on_rate_limited(30)  # a backend-wide pause far past the deadline
 
     started = time.monotonic()
-    outcome = asyncio.run(engine.run(_datasets(2, 2)))
+    outcome = asyncio.run(engine.run_sessions(_datasets(2, 2)))
     assert time.monotonic() - started < 1.2  # not deadline + the 1 s guard: the wait itself ended
     assert runner.calls == [] and outcome.totals.skipped == 4 and not outcome.complete
 
@@ -307,7 +305,7 @@ def test_skip_answered_keeps_answers_and_feeds_history() -> None:
     datasets[0].conversation[1].assistant = "[ERROR] timed out"
     runner = ScriptedRunner(remember)
     engine = Engine(runner, EngineOptions(skip_answered=True), use_history=True)
-    outcome = asyncio.run(engine.run(datasets))
+    outcome = asyncio.run(engine.run_sessions(datasets))
     assert [t.status for t in outcome.summaries[0].turns] == ["kept", "ok", "ok"]
     assert [qa for _, qa in runner.calls] == ["s0-q1", "s0-q2"]
     assert seen["s0-q1"] == (("question 0 of s0", "old answer"),)
@@ -327,7 +325,7 @@ def test_answered_turns_after_a_deadline_cut_are_kept_not_skipped() -> None:
     engine = Engine(
         ScriptedRunner(hang_on_q1), EngineOptions(skip_answered=True), deadline=Deadline.after(0.3)
     )
-    outcome = asyncio.run(engine.run(datasets))
+    outcome = asyncio.run(engine.run_sessions(datasets))
     assert [t.status for t in outcome.summaries[0].turns] == ["kept", "skipped", "kept"]
     assert outcome.summaries[0].successes == 2 and outcome.totals.skipped == 1 and not outcome.complete
     assert outcome.datasets[0].conversation[2].assistant == "old2"
@@ -368,8 +366,8 @@ def test_a_cancelled_run_leaves_no_session_running() -> None:
 
     async def main() -> tuple[int, int]:
         runner = ScriptedRunner(slow)
-        engine = Engine(runner, EngineOptions(max_concurrency=4), on_event=events.append)
-        task = asyncio.create_task(engine.run(_datasets(4, 5)))
+        engine = Engine(runner, EngineOptions(max_concurrency=4), on_progress=events.append)
+        task = asyncio.create_task(engine.run_sessions(_datasets(4, 5)))
         await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

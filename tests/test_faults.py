@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fair_runners import TurnRetrying, run_sync
-from fair_runners._events import Event
+from fair_runners._progress import ProgressEvent
 from fair_runners.testing import Fault
 from handler.app import lambda_handler
 
@@ -24,9 +24,9 @@ def _statuses(result: Any, session: int) -> list[str]:
 def test_429_retry_after_pauses_the_whole_backend(llm: Any) -> None:
     llm.latency_s = 0.01
     llm.add_fault(Fault("status", status=429, retry_after=1.0, query="question 1 of s0"))
-    events: list[Event] = []
+    events: list[ProgressEvent] = []
     request = llm_request(llm, make_datasets(sessions=4, turns=4), max_concurrency=4)
-    result = run_sync(request, on_event=events.append)
+    result = run_sync(request, on_progress=events.append)
     assert result.complete and result.totals.successes == 16
     record = turns(result.model_dump(), 0)[1]
     assert record["status"] == "ok" and record["attempts"] == 2
@@ -141,7 +141,7 @@ def test_alquimia_invalid_key_stops_the_backend(agent: Any, concurrency: int) ->
     assert len(not_sent) >= 18 - concurrency
     assert all("401" in a for a in not_sent)
     assert any("authentication failed; remaining turns were not sent" in w for w in result.warnings)
-    assert "test-alquimia-key" not in result.model_dump_json()  # the key is redacted everywhere
+    assert "demo-alq-key-7Hq2v9XrL4mN" not in result.model_dump_json()  # the key is redacted everywhere
 
 
 @pytest.mark.parametrize("provider", ["openai", "groq"])

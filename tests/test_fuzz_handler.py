@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fair_runners import _netguard
+from fair_runners.runners import _session
 
 from .security_support import (
     SHAPES,
@@ -62,7 +62,7 @@ def _sealed(monkeypatch: pytest.MonkeyPatch) -> None:
     async def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise aiohttp.ClientConnectionError("fuzz: no connections")
 
-    monkeypatch.setattr(_netguard.GuardedConnector, "connect", refuse)
+    monkeypatch.setattr(_session.GuardedConnector, "connect", refuse)
 
 
 # ------------------------------------------------------------------------------------------- strategies

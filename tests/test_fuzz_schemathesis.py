@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from fair_runners import _netguard
 from fair_runners.openapi import build
+from fair_runners.runners import _session
 from handler.app import lambda_handler
 
 from ._aws import moto_aws
@@ -75,7 +75,7 @@ def _sealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     async def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
         raise aiohttp.ClientConnectionError("schemathesis: no connections")
 
-    monkeypatch.setattr(_netguard.GuardedConnector, "connect", refuse)
+    monkeypatch.setattr(_session.GuardedConnector, "connect", refuse)
     yield from moto_aws(monkeypatch)
 
 

@@ -141,9 +141,9 @@ def test_the_ca_bundle_is_loaded_once_per_process(llm: Any, monkeypatch: pytest.
     import httpx
     from httpx._transports import default as httpx_default
 
-    from fair_runners.runners import llm as llm_module
+    from fair_runners.runners import _http
 
-    llm_module._tls_context.cache_clear()
+    _http._tls_context.cache_clear()
     loads: list[object] = []
     original = httpx.create_ssl_context
 
@@ -170,102 +170,26 @@ def _turn(query: str, history: list[tuple[str, str]] | None = None) -> Any:
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-def test_a_turn_skips_ainvoke_wrapping_only_when_nothing_wraps(llm: Any, provider: str) -> None:
-    # With no handler, cache, limiter or streaming, a turn calls the model's `_agenerate` (~0.25 ms of CPU
-    # less): the same request, answer and token counts as through `ainvoke`.
-    import asyncio
-    from contextvars import ContextVar
-
-    import httpx
-    from langchain_core.callbacks import AsyncCallbackHandler
+def test_every_turn_goes_through_the_models_public_ainvoke(llm: Any, provider: str) -> None:
+    # A LangChain user's callbacks, tracers and rate limiters hook into `ainvoke`: a handler configured in the
+    # context sees every turn, with the messages the server received.
+    from langchain_core.callbacks import BaseCallbackHandler
     from langchain_core.tracers.context import register_configure_hook
-    from langchain_groq import ChatGroq
-    from langchain_openai import ChatOpenAI
 
-    from fair_runners.runners.llm import LLMRunner
+    seen: list[int] = []
 
-    model_class, base_url = (ChatOpenAI, f"{llm.url}/v1") if provider == "openai" else (ChatGroq, llm.url)
-    params = {"model": "m", "api_key": LLM_KEY, "base_url": base_url}
+    class Counter(BaseCallbackHandler):
+        def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+            seen.append(len(messages[0]))
 
-    class Recorder(AsyncCallbackHandler):
-        def __init__(self) -> None:
-            self.starts = 0
+    import contextvars
 
-        async def on_chat_model_start(self, *args: Any, **kwargs: Any) -> None:
-            self.starts += 1
-
-    hooked: ContextVar[Recorder | None] = ContextVar(f"fair_runners_test_{provider}", default=None)
-    register_configure_hook(hooked, inheritable=True)
-
-    async def scenario() -> list[Any]:
-        outputs = []
-        async with LLMRunner(model_class, params, timeout=httpx.Timeout(5)) as runner:
-            assert runner.direct
-            outputs.append(await runner.run_turn(_turn("plain", [("q0", "a0")])))
-            assert runner.model is not None
-            reply = await runner.model.ainvoke("plain")  # the wrapped way, for comparison
-            outputs.append(reply)
-        recorder = Recorder()
-        hooked.set(recorder)  # a handler configured from a context: every turn must reach it
-        async with LLMRunner(model_class, params, timeout=httpx.Timeout(5)) as runner:
-            assert not runner.direct
-            outputs.append(await runner.run_turn(_turn("traced")))
-            outputs.append(await runner.run_turn(_turn("traced again")))
-        hooked.set(None)
-        outputs.append(recorder.starts)
-        return outputs
-
-    direct, wrapped, traced, traced_again, starts = asyncio.run(scenario())
-    assert direct.content == "echo: plain (history=1, system=no)"
-    assert (direct.input_tokens, direct.output_tokens) == (3, 4)  # q0 + a0 + plain; 4 words answered
-    assert wrapped.content == "echo: plain (history=0, system=no)"
-    assert traced.content == "echo: traced (history=0, system=no)" and traced_again.output_tokens == 5
-    assert starts == 2
-    assert [r["query"] for r in llm.requests] == ["plain", "plain", "traced", "traced again"]
-    assert len({r["path"] for r in llm.requests}) == 1 and len({r["model"] for r in llm.requests}) == 1
-
-
-def test_nothing_wraps_sees_every_kind_of_wrapping(monkeypatch: pytest.MonkeyPatch) -> None:
-    from langchain_core.caches import InMemoryCache
-    from langchain_core.callbacks import StdOutCallbackHandler
-    from langchain_core.globals import set_llm_cache
-    from langchain_core.language_models import BaseChatModel
-    from langchain_core.language_models.fake_chat_models import FakeListChatModel
-    from langchain_core.messages import AIMessage
-    from langchain_core.outputs import ChatGeneration, ChatResult
-    from langchain_core.rate_limiters import InMemoryRateLimiter
-    from langchain_core.tracers.context import tracing_v2_enabled
-    from langchain_groq import ChatGroq
-
-    from fair_runners.runners.llm import nothing_wraps
-
-    def groq(**params: Any) -> Any:
-        return ChatGroq(model="m", api_key=LLM_KEY, **params)
-
-    assert nothing_wraps(groq()) and nothing_wraps(groq(cache=False))
-    assert not nothing_wraps(groq(callbacks=[StdOutCallbackHandler()]))
-    assert not nothing_wraps(groq(verbose=True))
-    assert not nothing_wraps(groq(streaming=True))
-    assert not nothing_wraps(groq(cache=InMemoryCache()))
-    assert not nothing_wraps(groq(rate_limiter=InMemoryRateLimiter()))
-    assert nothing_wraps(FakeListChatModel(responses=["x"]))
-
-    class SyncOnly(BaseChatModel):
-        @property
-        def _llm_type(self) -> str:
-            return "sync-only"
-
-        def _generate(
-            self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any
-        ) -> ChatResult:
-            return ChatResult(generations=[ChatGeneration(message=AIMessage(content="x"))])
-
-    assert not nothing_wraps(SyncOnly())  # no native async: the base's `_agenerate` threads `_generate`
-    set_llm_cache(InMemoryCache())
+    handler_var: contextvars.ContextVar[Counter | None] = contextvars.ContextVar("counter", default=None)
+    register_configure_hook(handler_var, inheritable=True)
+    handler_var.set(Counter())
     try:
-        assert not nothing_wraps(groq()) and nothing_wraps(groq(cache=False))
+        result = run_sync(llm_request(llm, make_datasets(sessions=2, turns=2), provider=provider))
     finally:
-        set_llm_cache(None)
-    monkeypatch.setenv("LANGSMITH_API_KEY", "lsv2-test")
-    with tracing_v2_enabled(project_name="fair-runners-test"):
-        assert not nothing_wraps(groq())
+        handler_var.set(None)
+    assert result.totals.successes == 4
+    assert sorted(seen) == sorted(len(r["messages"]) for r in llm.requests) == [1, 1, 3, 3]

@@ -15,18 +15,23 @@ import pytest
 from fair_runners import _netguard
 from fair_runners._netguard import (
     BlockedAddress,
-    GuardedResolver,
+    Target,
     check_ip,
-    check_url,
-    guarded_session,
     parse_url,
+    vet_url,
 )
+from fair_runners.runners._session import GuardedResolver, guarded_session
 from fair_runners.testing import AlquimiaAgent, Fault, OpenAICompatServer
 
 from .conftest import ALQUIMIA_KEY, alquimia_request, llm_request, make_datasets
 from .security_support import LeakScan, assert_clean, assert_rejected, event_for, invoke, leak_scan
 
 __all__ = ["leak_scan"]
+
+
+def check_url(url: str, loc: str) -> Target:
+    """`vet_url` (parse, then resolve off the event loop and check), from synchronous test code."""
+    return asyncio.run(vet_url(url, loc))
 
 
 @pytest.mark.parametrize(
@@ -87,6 +92,35 @@ def test_slow_dns_is_refused_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> 
             check_url("https://slow.test", "config.base_url")
     finally:
         release.set()
+
+
+def test_a_slow_dns_lookup_never_blocks_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lookup waits on a DNS thread: another task keeps running (ticking every 10 ms) all the while.
+    def slow(host: str, port: int) -> list[str]:
+        threading.Event().wait(0.5)
+        return ["93.184.215.14"]
+
+    monkeypatch.setattr(_netguard, "_resolve", slow)
+
+    async def scenario() -> tuple[int, Target]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        target = await vet_url("https://slow.test/v1", "config.base_url")
+        done.set()
+        await task
+        return ticks, target
+
+    ticks, target = asyncio.run(scenario())
+    assert target.host == "slow.test"
+    assert ticks >= 30  # ~50 ticks in 0.5 s; a blocked loop would have ticked once or not at all
 
 
 def test_allowlist_entries_host_and_host_port(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +224,6 @@ def test_dns_rebinding_is_caught_at_connect_time(
     """The name is public when `prepare()` checks it and loopback when the client connects: refused."""
     port, accepted = tcp_listener
     monkeypatch.delenv("FAIR_RUNNERS_ALLOWED_HOSTS", raising=False)
-    monkeypatch.setenv("LLM_API_KEY", "rebinding-test-key")
     answers = iter([["93.184.215.14"]])
 
     def rebinding(host: str, port: int) -> list[str]:
@@ -216,7 +249,7 @@ def test_dns_rebinding_is_caught_at_connect_time(
             "datasets": make_datasets(1, 2),
             "connector": {
                 "class_path": "langchain_openai.ChatOpenAI",
-                "params": {"model": "m", "base_url": url},
+                "params": {"model": "m", "base_url": url, "api_key": "rebinding-test-key"},
             },
         }
     request["options"] = {"max_attempts": 2}

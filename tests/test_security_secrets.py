@@ -12,7 +12,6 @@ import pytest
 from fair_runners import InvalidRequest, TransientBackendError
 from fair_runners._redact import REDACTED, Redactor
 from fair_runners.testing import AlquimiaAgent, Fault, OpenAICompatServer
-from handler import app as handler_app
 
 from .conftest import ALQUIMIA_KEY, LLM_KEY, alquimia_request, llm_request, make_datasets
 from .security_support import (
@@ -78,7 +77,11 @@ def test_env_key_echoed_by_the_backend(
     monkeypatch.setenv(env_name, ENV_KEY)
     llm.api_key = ENV_KEY
     request = llm_request(llm, make_datasets(1, 2))
-    del request["connector"]["params"]["api_key"]
+    if env_name == "LLM_API_KEY":  # the deployment's key, bound to the deployment's endpoint
+        monkeypatch.setenv("LLM_BASE_URL", f"{llm.url}/v1")  # type: ignore[attr-defined]
+        del request["connector"]["params"]["api_key"]
+    else:  # a provider's own variable only goes to its built-in endpoint: the caller brings the same value
+        request["connector"]["params"]["api_key"] = ENV_KEY
     llm.add_fault(Fault("echo", status=400, query="question 0"), Fault("echo_answer", query="question 1"))
     outcome = invoke(event_for("rest_v1", request))
     assert outcome.body["summaries"][0]["successes"] == 1
@@ -88,6 +91,7 @@ def test_env_key_echoed_by_the_backend(
 
 def test_alquimia_env_key_echoed(agent: AlquimiaAgent, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALQUIMIA_API_KEY", ENV_KEY)
+    monkeypatch.setenv("ALQUIMIA_BASE_URL", agent.url)  # type: ignore[attr-defined]
     agent.api_key = ENV_KEY
     request = alquimia_request(agent, make_datasets(1, 2))
     del request["config"]["api_key"]
@@ -130,7 +134,9 @@ def test_internal_error_with_the_key_in_its_text(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"bug: token={ALQUIMIA_KEY}")
 
-    monkeypatch.setattr(handler_app, "execute", broken)
+    from fair_runners.edge import _invocation
+
+    monkeypatch.setattr(_invocation, "execute", broken)
     outcome = invoke(event_for("http_v2", alquimia_request(agent, make_datasets(1, 1))))
     assert outcome.status == 500
     assert outcome.body["error"].startswith("internal error (request id")

@@ -28,7 +28,7 @@ def test_alquimia_turns_in_order_with_session_ids(agent: Any, lambda_context: Fa
         assert seen == [f"question {j} of {sid}" for j in range(4)]
     sent = next(r for r in agent.infer_requests() if r["query"] == "question 1 of s0")
     assert sent["extra_data"] == {"tool": "search"}
-    assert sent["authorization"] == "Bearer test-alquimia-key"
+    assert sent["authorization"] == "Bearer demo-alq-key-7Hq2v9XrL4mN"
     assert sent["query_params"] == {"chat_history": "50", "agentspace": "_default"}
 
 

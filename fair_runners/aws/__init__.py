@@ -6,11 +6,11 @@ injected (`use_clients(AwsClients(s3=...))`). `import fair_runners` never import
 
 from ._clients import AwsClients, clients, use_clients
 from ._errors import AwsServiceUnavailable, IdempotencyConflict, RunNotFound
+from ._executions import check_run_id, describe_execution, execution_arn, start_execution
 from ._idempotency import body_digest, idempotency_key, once
 from ._inputs import load_request, read_datasets
 from ._merge import merge_records, merge_run
 from ._outputs import Channel, check_fits, destination, encoded_size, estimate_result_bytes, fit
-from ._runs import check_run_id, describe_run, execution_arn, start_run
 from ._s3 import S3Location, dumps, parse_documents, presign, read_json, write_json
 from ._secrets import read_secret, reset_cache, resolve_credentials
 from ._settings import AwsSettings
@@ -27,7 +27,7 @@ __all__ = [
     "check_fits",
     "check_run_id",
     "clients",
-    "describe_run",
+    "describe_execution",
     "destination",
     "dumps",
     "encoded_size",
@@ -46,7 +46,7 @@ __all__ = [
     "read_secret",
     "reset_cache",
     "resolve_credentials",
-    "start_run",
+    "start_execution",
     "use_clients",
     "write_json",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import InvalidRequest
-from .._run import parse_request
+from .._request import parse_request
 from .._schemas import RunRequest
 from ._clients import AwsClients, clients
 from ._s3 import S3Location, parse_documents, read_bytes, read_json

@@ -117,10 +117,21 @@ def fit(
     target: S3Location | None,
     write: Callable[[S3Location, bytes], object],
     idempotent: bool = False,
+    always_write: bool = False,
 ) -> dict[str, Any]:
     """The answer for `channel`: the full result (`body`, a dumped `RunResult`), or summaries plus
-    `result_uri` after writing it."""
+    `result_uri` after writing it.
+
+    `always_write` (a request that named `output_uri`) writes the full result to `target` whether or not it
+    fits, and the answer carries `result_uri` next to the datasets when they fit. A failed write fails the
+    request (the storage error propagates).
+    """
     limit = limit_for(channel, idempotent=idempotent)
+    written = False
+    if always_write and target is not None:
+        write(target, dumps(body))
+        written = True
+        body = {**body, "result_uri": target.uri}
     if encoded_size(body, channel) <= limit:
         return body
     compact = {k: v for k, v in body.items() if k != "datasets"}
@@ -132,7 +143,8 @@ def fit(
         )
         compact["result_uri"] = None
     else:
-        write(target, dumps(body))
+        if not written:
+            write(target, dumps(body))
         warnings.append(
             f"the full result (with datasets) is at result_uri: it is over the {channel.describe()}"
         )

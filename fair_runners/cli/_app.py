@@ -14,7 +14,7 @@ from rich.console import Console
 from .. import __version__
 from . import _inputs
 from ._display import stderr_console
-from ._runcmd import EXIT_BAD_INPUT, RunArgs, run_command
+from ._run_command import EXIT_BAD_INPUT, RunArgs, run_command
 
 app = typer.Typer(
     name="fair-runners",
@@ -183,7 +183,7 @@ def invoke(
         ),
     ] = None,
 ) -> None:
-    """Run one event through handler.app.lambda_handler as Lambda would (the no-Docker `sam local invoke`).
+    """Run one event through the Lambda handler as Lambda would (the no-Docker `sam local invoke`).
 
     Prints the response JSON on stdout (logs on stderr). Exit code 0 when the handler returned, 1 when it
     raised or timed out (Lambda's error object is printed instead), 2 when the event file is unreadable.

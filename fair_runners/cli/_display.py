@@ -25,8 +25,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .._events import Event, RunFinished, RunStarted, SessionFinished, TurnFinished, TurnRetrying
-from .._progress import RunProgress
+from .._progress import (
+    ProgressEvent,
+    RunFinished,
+    RunProgress,
+    RunStarted,
+    SessionFinished,
+    TurnFinished,
+    TurnRetrying,
+)
 from .._schemas import RunResult, SessionSummary
 
 DisplayMode = Literal["live", "plain", "off"]
@@ -54,7 +61,7 @@ def _secs(value: float | None) -> str:
 
 
 class ProgressDisplay:
-    """Feeds `RunProgress` and draws it; use as a context manager, pass `on_event` to the run."""
+    """Feeds `RunProgress` and draws it; use as a context manager, pass `on_progress` to the run."""
 
     def __init__(self, console: Console, mode: DisplayMode) -> None:
         self.console = console
@@ -88,8 +95,8 @@ class ProgressDisplay:
         if self._progress is not None:
             self._progress.stop()
 
-    def on_event(self, event: Event) -> None:
-        """The `on_event` callback of the run."""
+    def on_progress(self, event: ProgressEvent) -> None:
+        """The `on_progress` callback of the run."""
         self.state.update(event)
         if self.mode == "off":
             return
@@ -116,7 +123,7 @@ class ProgressDisplay:
             )
         self._progress.update(self._task, completed=s.turns_done, **fields)
 
-    def _line(self, event: Event) -> str | None:
+    def _line(self, event: ProgressEvent) -> str | None:
         s = self.state
         if isinstance(event, RunStarted):
             return (

@@ -1,4 +1,5 @@
-"""`fair-runners invoke`: one event through `handler.app.lambda_handler` as Lambda would run it.
+"""`fair-runners invoke`: one event through the Lambda entry point (`fair_runners.edge.lambda_app`) as Lambda
+would run it.
 
 The no-Docker `sam local invoke`: a context whose deadline is real (`get_remaining_time_in_millis` counts
 down from `--timeout`), the handler's logs on stderr and its response JSON on stdout; an exception becomes
@@ -63,9 +64,10 @@ class Invocation:
 
 
 def load_handler() -> Handler:
-    """`handler.app.lambda_handler`, its import-time log handlers bound to stderr (stdout is for results)."""
+    """The runner function's `lambda_handler` (what `handler/app.py` names), its import-time log handlers
+    bound to stderr (stdout is for results)."""
     with contextlib.redirect_stdout(sys.stderr):
-        from handler.app import lambda_handler
+        from ..edge.lambda_app import lambda_handler
     return lambda_handler
 
 

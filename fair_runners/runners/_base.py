@@ -27,6 +27,8 @@ class TurnOutput:
     content: str
     input_tokens: int = 0
     output_tokens: int = 0
+    # What the runner skipped on the way to the answer (malformed stream events, ...), for the run's warnings.
+    notes: tuple[str, ...] = ()
 
 
 class Runner(Protocol):

@@ -1,14 +1,16 @@
 """Alquimia agents over HTTP: an infer call, then the answer read from a server-sent-events stream.
 
-One `aiohttp.ClientSession` serves the whole run (one keep-alive pool, connections reused across every turn);
-it is created inside the running event loop by `__aenter__`. aiohttp rather than httpx here: with its C HTTP
-parser and connector a turn costs ~0.4 ms of CPU, where httpx spent 2-5 ms (its connection pool does work
-quadratic in the number of open connections on every request). Imports nothing from LangChain or httpx.
+One guarded `aiohttp.ClientSession` serves the whole run (one keep-alive pool, connections reused across
+every turn); it is created inside the running event loop by `__aenter__`. Every reply is read within the
+answer-size cap (counted after decompression) and yields to the event loop as it goes; a stream that ends in
+the middle of an event is a dropped stream (retried), never an answer. Imports nothing from LangChain.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -17,6 +19,7 @@ from urllib.parse import quote
 import aiohttp
 
 from .._errors import (
+    AnswerTooLarge,
     BackendError,
     EmptyAnswer,
     PermanentBackendError,
@@ -26,12 +29,19 @@ from .._errors import (
     backend_error_from_status,
     parse_retry_after,
 )
-from .._netguard import guarded_session
+from .._proxies import proxy_settings
 from .._text import control_problem
 from ._base import TurnInput, TurnOutput
-from ._sse import SSEDecoder
+from ._http import MIB, read_capped, too_large
+from ._session import guarded_session
+from ._sse import SSEDecoder, SSELimitExceeded
 
 _MAX_ERROR_BODY = 300
+# A stream repeats the answer so far in every event, so its bytes grow faster than the answer: a whole stream
+# may carry this many times the answer-size cap.
+STREAM_FACTOR = 64
+# What a stream id from the agent may look like before it goes into the stream URL.
+_STREAM_ID = re.compile(r"^[A-Za-z0-9._~-]{1,256}$")
 _INFER_PARAMS = {"chat_history": "50", "agentspace": "_default"}
 _STREAM_PARAMS = {"response_only": "true"}
 # RFC 3986 path-segment characters other than the unreserved ones, which `quote` leaves as they are; "%" is
@@ -88,8 +98,10 @@ class AlquimiaRunner:
         timeout_s: float,
         connect_timeout_s: float,
         max_connections: int = 16,
+        max_answer_bytes: int = 2 * MIB,
     ) -> None:
         self.target = target
+        self._max_answer = max_answer_bytes
         # `sock_read` bounds each wait for bytes: the read timeout of the infer call and the idle timeout of
         # the stream. The whole attempt is bounded by the engine (`turn_timeout_s`, the deadline).
         self._timeout = aiohttp.ClientTimeout(
@@ -97,15 +109,20 @@ class AlquimiaRunner:
         )
         self._max_connections = max_connections + 4
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
         self._infer_url = (
             f"{target.root}/event/infer/{_segment(target.channel_id)}/{_segment(target.agent_id)}"
         )
         self._stream_url = f"{target.root}/event/stream/"
         self._headers = {"Authorization": f"Bearer {target.api_key}", "User-Agent": "fair-runners"}
+        # The infer reply is a few bytes: nothing to gain from compression. A stream repeats its answer, so it
+        # may come compressed; it is decompressed in bounded steps and capped all the same.
+        self._infer_headers = {**self._headers, "Accept-Encoding": "identity"}
         self._stream_headers = {**self._headers, "Accept": "text/event-stream", "Cache-Control": "no-store"}
 
     async def __aenter__(self) -> AlquimiaRunner:
         self._session = guarded_session(self._max_connections, self._timeout)
+        self._proxy = proxy_settings().proxy_for(self._infer_url)
         return self
 
     async def __aexit__(
@@ -127,22 +144,25 @@ class AlquimiaRunner:
         session = self._session
         if session is None:
             raise RuntimeError("AlquimiaRunner used outside `async with`")
+        notes: list[str] = []
         try:
             stream_id = await self._infer(session, turn)
-            content = await self._read_stream(session, stream_id)
+            content = await self._read_stream(session, stream_id, notes)
         except BackendError:
             raise
         except TimeoutError as exc:  # aiohttp's read/connect timeouts
             raise TurnTimeout(f"timed out talking to the agent ({type(exc).__name__})") from None
         except aiohttp.ClientPayloadError:
             raise TransientBackendError("the agent's reply ended before it was complete") from None
+        except SSELimitExceeded as exc:
+            raise AnswerTooLarge(f"{exc} (env FAIR_RUNNERS_MAX_ANSWER_BYTES)") from None
         except aiohttp.ClientConnectionError as exc:
             raise TransientBackendError(f"connection to the agent failed ({type(exc).__name__})") from None
         except aiohttp.ClientError as exc:
             raise PermanentBackendError(f"HTTP client error ({type(exc).__name__}: {exc})") from None
         if not content.strip():
             raise EmptyAnswer("the agent returned an empty answer")
-        return TurnOutput(content=content)
+        return TurnOutput(content=content, notes=tuple(notes))
 
     async def _infer(self, session: aiohttp.ClientSession, turn: TurnInput) -> str:
         body = {
@@ -152,47 +172,70 @@ class AlquimiaRunner:
             "attachments": [],
         }
         async with session.post(
-            self._infer_url, params=_INFER_PARAMS, headers=self._headers, json=body, allow_redirects=False
+            self._infer_url,
+            params=_INFER_PARAMS,
+            headers=self._infer_headers,
+            json=body,
+            allow_redirects=False,
+            proxy=self._proxy,
         ) as response:
             if response.status >= 300:
                 raise _status_error("infer", response, await response.content.read(_MAX_ERROR_BODY))
-            raw = await response.read()
+            raw = await read_capped(response, self._max_answer, "the agent's infer reply")
         try:
             payload = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ProtocolError("infer reply is not JSON") from None
         stream_id = payload.get("stream_id") if isinstance(payload, dict) else None
-        if not stream_id or not isinstance(stream_id, str | int):
+        if isinstance(stream_id, int) and not isinstance(stream_id, bool):
+            stream_id = str(stream_id)
+        if not stream_id or not isinstance(stream_id, str):
             raise ProtocolError("infer reply has no stream_id")
-        return str(stream_id)
+        if not _STREAM_ID.match(stream_id) or stream_id in (".", ".."):
+            raise ProtocolError(
+                "infer reply's stream_id is not an id (1-256 of letters, digits, . _ ~ -; not . or ..)"
+            )
+        return stream_id
 
-    async def _read_stream(self, session: aiohttp.ClientSession, stream_id: str) -> str:
+    async def _read_stream(self, session: aiohttp.ClientSession, stream_id: str, notes: list[str]) -> str:
         content = ""
         malformed = 0
+        limit = self._max_answer
+        stream_limit = limit * STREAM_FACTOR
+        size = 0
         async with session.get(
             self._stream_url + _segment(stream_id),
             params=_STREAM_PARAMS,
             headers=self._stream_headers,
             allow_redirects=False,
+            proxy=self._proxy,
         ) as response:
             if response.status >= 300:
                 raise _status_error("stream", response, await response.content.read(_MAX_ERROR_BODY))
-            decoder = SSEDecoder()
+            decoder = SSEDecoder(max_line=limit, max_event=limit)
             async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > stream_limit:
+                    raise too_large("the agent's stream", stream_limit)
                 for event in decoder.feed(chunk):
                     if not event.data.strip():
                         continue
                     try:
                         payload = json.loads(event.data)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
                         malformed += 1
                         continue
                     piece = _content_of(payload)
                     if piece is not None:
                         content = piece
+                await asyncio.sleep(0)  # buffered data comes back without waiting: let timeouts fire
             decoder.close()
+            if decoder.ended_mid_event:
+                raise TransientBackendError("the agent's stream ended in the middle of an event")
         if not content and malformed:
             raise ProtocolError(f"stream carried {malformed} malformed event(s) and no answer")
+        if malformed:
+            notes.append(f"{malformed} malformed stream event(s) skipped")
         return content
 
 

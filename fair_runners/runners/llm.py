@@ -2,26 +2,18 @@
 
 Imported only when a request selects the LLM runner, so the Alquimia path never loads LangChain. The model
 is built inside the running event loop with an `httpx.AsyncClient` owned by this run (the provider's
-module-level cached client would outlive the loop of a warm Lambda), and with the provider's own retries off
-unless the caller set `max_retries`: the engine's retry policy owns retries.
-
-A turn calls the model's own async generation (`_agenerate`, the method every LangChain chat model
-implements) when `ainvoke`'s wrapping would do nothing: no callback handler or tracer configured, no cache,
-no rate limiter, no streaming. That wrapping costs ~0.27 ms of CPU a turn, a fifth of the whole call;
-whenever any of it has work to do, the turn goes through `ainvoke` as usual.
+module-level cached client would outlive the loop of a warm Lambda): httpx-aiohttp over the run's guarded
+aiohttp session (`_http.ProviderTransport`), with the provider's own retries off unless the caller set
+`max_retries` (the engine's retry policy owns retries). A turn is one public `ainvoke` call.
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
-from collections.abc import Hashable
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import httpx
-from langchain_core.callbacks import AsyncCallbackManager
-from langchain_core.globals import get_llm_cache
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import ValidationError
@@ -36,15 +28,10 @@ from .._errors import (
     parse_retry_after,
 )
 from ._base import TurnInput, TurnOutput
-from ._http1 import Http1Transport
+from ._http import MIB, ProviderTransport
+from ._session import guarded_session
 
 _MAX_MESSAGE = 400
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once per process (loading the CA bundle costs ~20 ms)."""
-    return httpx.create_ssl_context()
 
 
 class _NoSyncTransport(httpx.BaseTransport):
@@ -64,7 +51,7 @@ class _NoAsyncTransport(httpx.AsyncBaseTransport):
 
 def check_model(model_class: type[Any], params: dict[str, Any]) -> None:
     """Build the model once with clients that send nothing, so params the class itself refuses are an
-    `InvalidRequest` when the request is prepared (and not a failure of every turn later, in every worker)."""
+    `InvalidRequest` when the request is prepared (and not a failure of every turn later)."""
     runner = LLMRunner(model_class, params, timeout=httpx.Timeout(60.0))
     runner._build(httpx.AsyncClient(transport=_NoAsyncTransport(), trust_env=False))
 
@@ -81,32 +68,28 @@ class LLMRunner:
         *,
         timeout: httpx.Timeout,
         max_connections: int = 16,
-        transport: httpx.AsyncBaseTransport | None = None,
+        max_answer_bytes: int = 2 * MIB,
     ) -> None:
         self.model_class = model_class
         self._params = dict(params)
         self._timeout = timeout
         self._max_connections = max_connections
-        self._transport = transport
+        self._max_answer_bytes = max_answer_bytes
+        self._session: aiohttp.ClientSession | None = None
         self._http: httpx.AsyncClient | None = None
         self.model: BaseChatModel | None = None
-        self.direct = False  # True: turns call `model._agenerate` (see the module docstring)
 
     async def __aenter__(self) -> LLMRunner:
-        # Our own HTTP/1.1 transport under the provider's httpx API: ~0.1 ms less CPU a request than httpx's
-        # pool or aiohttp, and the network guard checks every address at connect time (no env proxies).
-        transport = self._transport or Http1Transport(
-            ssl_context=_tls_context(), max_connections=self._max_connections + 4
-        )
+        self._session = guarded_session(self._max_connections + 4)
+        transport = ProviderTransport(self._session, self._max_answer_bytes)
         self._http = httpx.AsyncClient(
             timeout=self._timeout, transport=transport, follow_redirects=False, trust_env=False
         )
         try:
             self.model = self._build(self._http)
         except BaseException:
-            await self._http.aclose()
+            await self._close()
             raise
-        self.direct = nothing_wraps(self.model)
         return self
 
     async def __aexit__(
@@ -115,9 +98,15 @@ class LLMRunner:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _build(self, http: httpx.AsyncClient) -> BaseChatModel:
         fields = getattr(self.model_class, "model_fields", {})
@@ -169,10 +158,7 @@ class LLMRunner:
             messages.append(AIMessage(content=answer))
         messages.append(HumanMessage(content=turn.batch.query))
         try:
-            if self.direct:
-                reply: BaseMessage = (await self.model._agenerate(messages)).generations[0].message
-            else:
-                reply = await self.model.ainvoke(messages)
+            reply = await self.model.ainvoke(messages)
         except Exception as exc:
             raise classify_exception(exc) from None
         content = _text_of(reply)
@@ -186,37 +172,6 @@ class LLMRunner:
             input_tokens=int(usage.get("input_tokens") or 0),
             output_tokens=int(usage.get("output_tokens") or 0),
         )
-
-
-def nothing_wraps(model: BaseChatModel) -> bool:
-    """True when `ainvoke` would only wrap `model._agenerate`: native async, and no callback handler (the
-    model's own, a tracer from the env or a context), cache, rate limiter or streaming."""
-    if type(model)._agenerate is BaseChatModel._agenerate:  # no native async: the base runs it in a thread
-        return False
-    if model.rate_limiter is not None or getattr(model, "streaming", False):
-        return False
-    if model.cache is not False and (model.cache is not None or get_llm_cache() is not None):
-        return False
-    # The same configuration `agenerate` builds for every call: handlers from the model, the env
-    # (LANGSMITH_TRACING, ...) and context variables (tracing_v2_enabled(), configure hooks).
-    manager = AsyncCallbackManager.configure(
-        inheritable_callbacks=model.callbacks,
-        verbose=model.verbose,
-        inheritable_tags=model.tags,
-        inheritable_metadata=model.metadata,
-    )
-    return not manager.handlers
-
-
-def process_state() -> Hashable:
-    """LangChain's process-wide settings that decide how a turn is sent (global cache, debug, verbose, the
-    tracing context and configure hooks): worker processes kept from an earlier run under other settings
-    are replaced, so a turn in a worker is sent as it would be here."""
-    from langchain_core.globals import get_debug, get_verbose
-    from langchain_core.tracers.context import _configure_hooks, tracing_v2_callback_var
-
-    hooks = tuple(id(hook[0].get()) for hook in _configure_hooks)
-    return (id(get_llm_cache()), get_debug(), get_verbose(), id(tracing_v2_callback_var.get()), hooks)
 
 
 def _text_of(reply: Any) -> str:
@@ -240,9 +195,17 @@ def _short(exc: BaseException) -> str:
 
 
 def classify_exception(exc: BaseException) -> BackendError:
-    """Map a provider SDK exception (OpenAI, Groq, httpx, ...) to the engine's error families."""
-    if isinstance(exc, BackendError):
-        return exc
+    """Map a provider SDK exception (OpenAI, Groq, httpx, ...) to the engine's error families.
+
+    The SDKs wrap transport errors (the OpenAI SDK raises `APIConnectionError` from whatever the transport
+    raised), so a `BackendError` anywhere in the cause chain (a reply over the size cap) wins."""
+    link: BaseException | None = exc
+    seen = 0
+    while link is not None and seen < 16:
+        if isinstance(link, BackendError):
+            return link
+        link = link.__cause__ or link.__context__
+        seen += 1
     name = type(exc).__name__
     message = f"{name}: {_short(exc)}"
     status = getattr(exc, "status_code", None)

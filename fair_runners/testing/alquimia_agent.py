@@ -32,7 +32,7 @@ class _Pending:
 class AlquimiaAgent:
     """State and behaviour of the fake agent; `app` is its ASGI application."""
 
-    api_key: str | None = "test-alquimia-key"
+    api_key: str | None = "demo-alq-key-7Hq2v9XrL4mN"
     latency_s: float = 0.0
     chunks: int = 3
     faults: FaultPlan = field(default_factory=FaultPlan)
@@ -193,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Local Alquimia-protocol agent on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default="test-alquimia-key")
+    parser.add_argument("--api-key", default="demo-alq-key-7Hq2v9XrL4mN")
     args = parser.parse_args()
     import uvicorn
 

@@ -27,7 +27,7 @@ _PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
 class OpenAICompatServer:
     """State and behaviour of the fake endpoint; `app` is its ASGI application."""
 
-    api_key: str | None = "test-llm-key"
+    api_key: str | None = "demo-llm-key-Vb83Nq1ZcT6y"
     latency_s: float = 0.0
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -127,7 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Local OpenAI-compatible endpoint on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default="test-llm-key")
+    parser.add_argument("--api-key", default="demo-llm-key-Vb83Nq1ZcT6y")
     args = parser.parse_args()
     import uvicorn
 

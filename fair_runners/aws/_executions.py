@@ -1,4 +1,5 @@
-"""Long runs: `POST /runs` starts the Distributed Map state machine, `GET /runs/{run_id}` reports on it.
+"""Large runs on Step Functions: `POST /runs` starts an execution of the Distributed Map state machine
+(`start_execution`), `GET /runs/{run_id}` reports on it (`describe_execution`).
 
 The run id is the Step Functions execution name, so a run is found again from its id alone and starting the
 same id twice cannot start two executions. Layout of a run in S3 (`<base>` is `output_uri`, else
@@ -76,7 +77,7 @@ def run_base(request: RunRequest, settings: AwsSettings) -> S3Location:
     return S3Location(settings.require_bucket("POST /runs"), "runs/")
 
 
-def start_run(
+def start_execution(
     payload: Mapping[str, Any],
     request: RunRequest,
     settings: AwsSettings,
@@ -221,7 +222,7 @@ def _status_body(
     return body
 
 
-def describe_run(run_id: str, settings: AwsSettings, aws: AwsClients | None = None) -> dict[str, Any]:
+def describe_execution(run_id: str, settings: AwsSettings, aws: AwsClients | None = None) -> dict[str, Any]:
     """The status body of `GET /runs/{run_id}`; `RunNotFound` for an unknown id."""
     aws = aws or clients()
     if not RUN_ID_PATTERN.match(run_id):

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import ConfigurationError, Deadline, InvalidRequest, RunResult, Settings, execute, prepare
+from .._credentials import KeyRing, origin_of
 from . import _inputs, _outputs
 from ._display import ProgressDisplay, pick_mode, print_result
 
@@ -79,7 +80,11 @@ def run_command(args: RunArgs, console: Console) -> int:
     try:
         request = build_request(args)
         _inputs.allow_loopback_targets(request)
-        prepared = prepare(request, settings=Settings.from_env())
+        # The operator's env keys go to the --base-url they gave, never to a URL read from a file.
+        keys = (
+            KeyRing.from_env(operator_origin=origin_of(args.flags.base_url)) if args.flags.base_url else None
+        )
+        prepared = prepare(request, settings=Settings.from_env(), keys=keys)
     except InvalidRequest as exc:
         print_invalid(console, exc)
         return EXIT_BAD_INPUT
@@ -90,7 +95,7 @@ def run_command(args: RunArgs, console: Console) -> int:
     try:
         with display:
             result: RunResult = asyncio.run(
-                execute(prepared, deadline=Deadline.after(args.deadline_s), on_event=display.on_event)
+                execute(prepared, deadline=Deadline.after(args.deadline_s), on_progress=display.on_progress)
             )
     except KeyboardInterrupt:
         console.print(

@@ -13,8 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ._concurrency import AdaptiveLimiter, AuthCircuit
-from ._errors import (
+from .._errors import (
     AuthenticationFailed,
     BackendError,
     PermanentBackendError,
@@ -22,18 +21,19 @@ from ._errors import (
     TurnTimeout,
     as_backend_error,
 )
-from ._events import (
-    EventCallback,
+from .._progress import (
+    ProgressCallback,
     RunStarted,
     SessionFinished,
     TurnFinished,
     TurnRetrying,
 )
-from ._redact import Redactor
-from ._schemas import ERROR_PREFIX, Batch, Dataset, RunTotals, SessionSummary, TurnRecord
-from ._text import to_text
+from .._redact import Redactor
+from .._schemas import ERROR_PREFIX, Batch, Dataset, RunTotals, SessionSummary, TurnRecord
+from .._text import to_text
+from ..runners._base import Runner, TurnInput, TurnOutput
+from ._limiter import AdaptiveLimiter, AuthCircuit
 from ._timing import Deadline, backoff_delay, percentile
-from .runners._base import Runner, TurnInput, TurnOutput
 
 _ERROR_NOTE = "Error: "
 
@@ -62,6 +62,8 @@ class EngineOutcome:
     totals: RunTotals
     complete: bool
     min_concurrency: int
+    # "session s1, turn q3: 2 malformed stream event(s) skipped" and the like, in the order they came.
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -86,19 +88,20 @@ class Engine:
         *,
         deadline: Deadline | None = None,
         redactor: Redactor | None = None,
-        on_event: EventCallback | None = None,
+        on_progress: ProgressCallback | None = None,
         use_history: bool = False,
     ) -> None:
         self.runner = runner
         self.options = options
         self.deadline = deadline or Deadline()
         self.redactor = redactor or Redactor()
-        self._on_event = on_event
+        self._on_event = on_progress
         self._use_history = use_history and options.history
         self.limiter = AdaptiveLimiter(options.max_concurrency)
         self.circuit = AuthCircuit()
         self.deadline_hit = False
         self._finished: set[int] = set()
+        self._notes: list[str] = []
 
     def _emit(self, event: object) -> None:
         if self._on_event is None:
@@ -108,7 +111,7 @@ class Engine:
         except Exception:  # a broken progress callback must not break the run
             logger.exception("progress callback failed")
 
-    async def run(self, datasets: list[Dataset], run_id: str = "") -> EngineOutcome:
+    async def run_sessions(self, datasets: list[Dataset], run_id: str = "") -> EngineOutcome:
         """Run every dataset; return when all are done or the deadline has passed."""
         sessions = [
             _Session(i, d, list(d.conversation), [None] * len(d.conversation)) for i, d in enumerate(datasets)
@@ -276,6 +279,10 @@ class Engine:
         retry_wait_ms: float,
     ) -> None:
         batch = session.batches[index]
+        for note in output.notes:
+            self._notes.append(
+                self.redactor.redact(f"session {session.dataset.session_id}, turn {batch.qa_id}: {note}")
+            )
         content = to_text(output.content)  # a backend's broken UTF-16 must not make the result unwritable
         session.batches[index] = batch.model_copy(
             update={"assistant": content, "observation": _without_our_error(batch)}
@@ -359,6 +366,7 @@ class Engine:
             totals=totals,
             complete=skipped == 0 and not self.deadline_hit,
             min_concurrency=self.limiter.min_seen,
+            notes=self._notes,
         )
 
 

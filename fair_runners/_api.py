@@ -1,0 +1,138 @@
+"""The library API: run a prepared request in the current event loop (`execute`), or validate and run one
+(`run`, `run_sync`, `iter_sessions`). The flow: request -> `prepare` -> engine -> runner -> `RunResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ._progress import ProgressCallback, ProgressEvent, RunFinished, SessionFinished
+from ._request import PreparedRun, prepare
+from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
+from ._settings import Settings
+from .engine import Deadline, Engine
+
+
+async def execute(
+    prepared: PreparedRun,
+    *,
+    deadline: Deadline | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> RunResult:
+    """Run a prepared request inside the current event loop."""
+    request = prepared.request
+    await prepared.vet_targets()  # DNS checks of the target URLs, off the event loop, before any request
+    runner = prepared.build_runner()
+    async with runner:
+        engine = Engine(
+            runner,
+            prepared.options,
+            deadline=deadline,
+            redactor=prepared.redactor,
+            on_progress=on_progress,
+            use_history=request.mode == "llm",
+        )
+        outcome = await engine.run_sessions(request.datasets, prepared.run_id)
+    if on_progress is not None:
+        try:
+            on_progress(RunFinished(prepared.run_id, outcome.complete, outcome.totals))
+        except Exception:  # as in the engine: a broken progress callback must not break the run
+            logging.getLogger("fair_runners.engine").exception("progress callback failed")
+    warnings = list(prepared.warnings) + outcome.notes
+    if outcome.min_concurrency < prepared.options.max_concurrency:
+        warnings.append(
+            f"rate limited: concurrency was reduced to {outcome.min_concurrency} "
+            f"(from {prepared.options.max_concurrency})"
+        )
+    if engine.circuit.reason:
+        warnings.append(f"authentication failed; remaining turns were not sent: {engine.circuit.reason}")
+    if not outcome.complete:
+        warnings.append(
+            "the run stopped at its deadline: re-post this response with options.skip_answered=true "
+            "to finish the skipped turns"
+        )
+    return RunResult(
+        success=True,
+        complete=outcome.complete,
+        run_id=prepared.run_id,
+        mode=request.mode,
+        datasets=outcome.datasets,
+        summaries=outcome.summaries,
+        total_datasets=len(outcome.datasets),
+        totals=outcome.totals,
+        warnings=warnings,
+    )
+
+
+async def run(
+    request: RunRequest | Mapping[str, Any],
+    *,
+    deadline_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    settings: Settings | None = None,
+) -> RunResult:
+    """Validate and run a request; `deadline_s` bounds the whole run (skipped turns past it)."""
+    prepared = prepare(request, settings=settings)
+    return await execute(prepared, deadline=Deadline.after(deadline_s), on_progress=on_progress)
+
+
+def run_sync(
+    request: RunRequest | Mapping[str, Any],
+    *,
+    deadline_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    settings: Settings | None = None,
+) -> RunResult:
+    """Blocking `run()`, in a fresh event loop.
+
+    Inside a running loop (a Jupyter notebook, an async service) the run gets its own loop on a worker
+    thread, so the call still blocks and returns the result instead of failing.
+    """
+
+    def _run_in_new_loop() -> RunResult:
+        return asyncio.run(run(request, deadline_s=deadline_s, on_progress=on_progress, settings=settings))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_in_new_loop()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fair-runners") as pool:
+        return pool.submit(_run_in_new_loop).result()
+
+
+async def iter_sessions(
+    request: RunRequest | Mapping[str, Any],
+    *,
+    deadline_s: float | None = None,
+    on_progress: ProgressCallback | None = None,
+    settings: Settings | None = None,
+) -> AsyncIterator[tuple[Dataset, SessionSummary]]:
+    """Yield each session's (dataset, summary) as soon as it finishes, in completion order.
+
+    `on_progress`, when given, also receives every progress event (as with `run`).
+    """
+    prepared = prepare(request, settings=settings)
+    queue: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
+
+    def _forward(event: ProgressEvent) -> None:
+        queue.put_nowait(event)
+        if on_progress is not None:
+            on_progress(event)
+
+    task = asyncio.create_task(execute(prepared, deadline=Deadline.after(deadline_s), on_progress=_forward))
+    task.add_done_callback(lambda _: queue.put_nowait(None))
+    try:
+        while (event := await queue.get()) is not None:
+            if isinstance(event, SessionFinished):
+                yield event.dataset, event.summary
+        await task
+    finally:
+        if not task.done():  # the caller stopped iterating early: stop the run too
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
