@@ -8,7 +8,7 @@ SAM_VENV ?= .tools/sam-venv
 SAM := $(SAM_VENV)/bin/sam
 LAMBDA_PLATFORM ?= manylinux2014_x86_64
 
-.PHONY: demo test lint typecheck unit bench bench-setup setup setup-dev clean sam-cli build-RunnerFunction build-MergeFunction
+.PHONY: demo test lint asl typecheck unit bench bench-setup setup setup-dev clean sam-cli build-RunnerFunction build-MergeFunction
 
 $(VENV)/.ok-local: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,13 @@ demo: $(VENV)/.ok-local
 ## Lint, type-check and the whole test suite.
 test: $(VENV)/.ok-dev lint typecheck unit
 
-lint: $(VENV)/.ok-dev
+lint: $(VENV)/.ok-dev asl
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check fair_runners handler
+
+## The state machine definition, checked by an Amazon States Language validator (node + npm).
+asl:
+	npx --yes asl-validator@4 --json-path statemachine/runs.asl.json
 
 typecheck: $(VENV)/.ok-dev
 	$(VENV)/bin/mypy
@@ -51,12 +55,16 @@ $(SAM_VENV)/.ok:
 
 sam-cli: $(SAM_VENV)/.ok
 
-## `sam build` (BuildMethod: makefile) calls these with ARTIFACTS_DIR: the code plus Lambda-platform wheels.
+## `sam build` (BuildMethod: makefile) calls these with ARTIFACTS_DIR: the code plus Lambda-platform wheels. Each
+## function gets only what it imports (requirements.txt, requirements-merge.txt); boto3 is the runtime's.
+build-RunnerFunction: REQUIREMENTS = requirements.txt
+build-MergeFunction: REQUIREMENTS = requirements-merge.txt
 build-RunnerFunction build-MergeFunction:
 	@test -n "$(ARTIFACTS_DIR)" || (echo "ARTIFACTS_DIR is not set: run sam build" && exit 2)
 	cp -R fair_runners handler "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)/fair_runners" "$(ARTIFACTS_DIR)/handler" -name __pycache__ -prune -exec rm -rf {} +
-	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile -r requirements.txt \
+	rm -rf "$(ARTIFACTS_DIR)/fair_runners/testing" "$(ARTIFACTS_DIR)/fair_runners/cli"
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile -r $(REQUIREMENTS) \
 		--target "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM) --implementation cp \
 		--python-version 3.11 --only-binary=:all: --upgrade
 

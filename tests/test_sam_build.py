@@ -30,13 +30,21 @@ def _sam() -> str | None:
     return shutil.which("sam")
 
 
+# What the Lambda python3.11 runtime provides besides the standard library (the artifacts rely on it).
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py")
+
+
+def _requirements(name: str) -> list[str]:
+    lines = [line.strip() for line in (ROOT / name).read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def test_requirements_match_pyproject() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    lines = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    requirements = [line for line in lines if line and not line.startswith("#")]
-    assert sorted(requirements) == sorted(project)
+    assert sorted(_requirements("requirements.txt")) == sorted(d for d in project if not d.startswith("boto3"))
+    assert set(_requirements("requirements-merge.txt")) <= set(project)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +82,7 @@ _PROBE = r"""
 import json, sys
 sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]
 sys.path.insert(0, sys.argv[1])
+sys.path.append(sys.argv[2])  # what the Lambda runtime provides: boto3, botocore
 import handler.app, handler.merge, fair_runners
 assert handler.app.__file__.startswith(sys.argv[1]), handler.app.__file__
 assert 'boto3' not in sys.modules, 'boto3 imported at handler import time'
@@ -91,9 +100,57 @@ print(json.dumps(answers))
 """
 
 
+@pytest.fixture(scope="module")
+def lambda_runtime(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding what the python3.11 Lambda runtime provides on top of the standard library."""
+    import botocore
+
+    site = Path(botocore.__file__).resolve().parent.parent
+    folder = tmp_path_factory.mktemp("lambda-runtime")
+    for name in RUNTIME_PACKAGES:
+        (folder / name).symlink_to(site / name)
+    return folder
+
+
+def _megabytes(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+
+
+@pytest.mark.slow
+def test_each_function_gets_only_what_it_needs(built: Path) -> None:
+    runner, merge = built / "RunnerFunction", built / "MergeFunction"
+    sizes = {"runner": _megabytes(runner), "merge": _megabytes(merge)}
+    assert sizes["runner"] <= 100, sizes
+    assert sizes["merge"] <= 25, sizes
+    assert not (merge / "langchain_core").exists() and not (merge / "aiohttp").exists()
+    assert not (runner / "botocore").exists() and not (runner / "fair_runners" / "testing").exists()
+
+
+@pytest.mark.slow
+def test_the_merge_artifact_imports_its_handler_alone(built: Path, lambda_runtime: Path) -> None:
+    probe = (
+        "import sys\n"
+        "sys.path[:] = [p for p in sys.path if 'site-packages' not in p and 'dist-packages' not in p]\n"
+        "sys.path.insert(0, sys.argv[1]); sys.path.append(sys.argv[2])\n"
+        "import handler.merge\n"
+        "assert handler.merge.__file__.startswith(sys.argv[1])\n"
+        "print(sorted(m for m in ('aiohttp', 'httpx', 'langchain_core', 'openai') if m in sys.modules))\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-I", "-c", probe, str(built / "MergeFunction"), str(lambda_runtime)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), "AWS_DEFAULT_REGION": "us-east-1"},
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_built_artifact_answers_a_sample_event(built: Path, agent: Any) -> None:
+def test_built_artifact_answers_a_sample_event(built: Path, agent: Any, lambda_runtime: Path) -> None:
     from fair_runners.demo import retarget
 
     from .conftest import load_event
@@ -119,7 +176,7 @@ def test_built_artifact_answers_a_sample_event(built: Path, agent: Any) -> None:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     process = subprocess.run(
-        [sys.executable, "-I", "-c", _PROBE, str(artifact)],
+        [sys.executable, "-I", "-c", _PROBE, str(artifact), str(lambda_runtime)],
         input=json.dumps(events),
         env=env,
         capture_output=True,
