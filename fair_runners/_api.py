@@ -15,6 +15,7 @@ from ._progress import ProgressCallback, ProgressEvent, RunFinished, SessionFini
 from ._request import PreparedRun, prepare
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
+from ._text import cap_warnings
 from .engine import Deadline, Engine
 
 
@@ -65,7 +66,7 @@ async def execute(
         summaries=outcome.summaries,
         total_datasets=len(outcome.datasets),
         totals=outcome.totals,
-        warnings=warnings,
+        warnings=cap_warnings(warnings),
     )
 
 

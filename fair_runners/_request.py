@@ -23,7 +23,7 @@ from ._proxies import proxy_settings
 from ._redact import Redactor, secrets_in_payload, use_redactor
 from ._schemas import RunRequest
 from ._settings import Settings
-from ._text import control_problem
+from ._text import MAX_WARNINGS, control_problem
 from .engine import EngineOptions
 from .runners._base import Runner
 
@@ -262,7 +262,10 @@ def prepare(
         )
     check_request(request)
     settings = settings or Settings.from_env()
-    warnings = [f"unknown key {key!r} ignored" for key in request.unknown_keys()]
+    unknown = request.unknown_keys()
+    warnings = [f"unknown key {key!r} ignored" for key in unknown[:MAX_WARNINGS]]
+    if len(unknown) > MAX_WARNINGS:
+        warnings.append(f"and {len(unknown) - MAX_WARNINGS} more unknown keys ignored")
     if request.mode == "llm":
         if request.config is not None:
             warnings.append("both `connector` and `config` were given: `connector` wins (LLM mode)")

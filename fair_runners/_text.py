@@ -30,3 +30,30 @@ def to_text(value: str) -> str:
 def control_problem(value: str) -> str | None:
     """Why `value` cannot go into a URL or an HTTP header (control characters); None when it can."""
     return "must not contain control characters (line breaks, tabs, NUL)" if _CONTROL.search(value) else None
+
+
+MAX_WARNINGS = 100
+MAX_WARNINGS_BYTES = 32 * 1024
+
+
+def cap_warnings(
+    warnings: list[str], *, count: int = MAX_WARNINGS, size: int = MAX_WARNINGS_BYTES
+) -> list[str]:
+    """At most `count` warnings of `size` UTF-8 bytes in all (each cut to fit), then "and N more warnings":
+    so a response always fits its channel, whatever a request or a backend makes us say."""
+    kept: list[str] = []
+    used = 0
+    for index, warning in enumerate(warnings):
+        room = size - used
+        if len(kept) >= count or room <= 64:
+            kept.append(f"and {len(warnings) - index} more warnings")
+            break
+        text = warning if len(warning.encode("utf-8")) <= room else _cut(warning, room - 3) + "..."
+        kept.append(text)
+        used += len(text.encode("utf-8"))
+    return kept
+
+
+def _cut(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8")[: max(0, limit)].decode("utf-8", "ignore")

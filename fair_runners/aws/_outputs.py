@@ -23,6 +23,7 @@ from typing import Any
 
 from .._errors import PayloadTooLarge
 from .._schemas import RunRequest
+from .._text import cap_warnings
 from ._s3 import S3Location, dumps
 from ._settings import AwsSettings
 
@@ -135,7 +136,7 @@ def fit(
     if encoded_size(body, channel) <= limit:
         return body
     compact = {k: v for k, v in body.items() if k != "datasets"}
-    warnings = list(compact.get("warnings", []))
+    warnings = cap_warnings(list(compact.get("warnings", [])))
     if target is None:
         warnings.append(
             f"the datasets were left out: the result is over the {channel.describe()} and there is "
