@@ -224,11 +224,28 @@ def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict
     if params.get("api_key"):
         redactor.add(params["api_key"])
     model_class = load_chat_model_class(spec)
+    if not params.get("api_key") and not spec.builtin and _takes_a_key(model_class):
+        # A class the deployer added gets no deployment key, and its SDK must not find one in env by itself.
+        problem = _missing(
+            "connector.params.api_key",
+            f"required: {spec.canonical} was added by the deployer (env FAIR_RUNNERS_ALLOWED_CONNECTORS) "
+            "and gets no deployment key",
+        )
+        raise InvalidRequest("connector.params.api_key is missing", [problem])
     from .runners.llm import check_model  # LangChain, only once the class_path has passed
 
     check_model(model_class, params)
     urls = [(params["base_url"], "connector.params.base_url")] if params.get("base_url") else []
     return {"model_class": model_class, "params": params, "urls": urls}
+
+
+def _takes_a_key(model_class: type[Any]) -> bool:
+    """True when the model class has an API key field (its SDK would look for one in env when not given)."""
+    fields = getattr(model_class, "model_fields", {})
+    return any(
+        name.endswith("api_key") or str(getattr(info, "alias", "") or "").endswith("api_key")
+        for name, info in fields.items()
+    )
 
 
 def prepare(

@@ -93,10 +93,10 @@ def start_execution(
     from botocore.exceptions import BotoCoreError, ClientError
 
     aws = aws or clients()
+    warnings = validate(request)  # the caller's mistakes first, then the deployment's
     machine = _machine(settings)
     run_id = check_run_id(request.run_id or uuid.uuid4().hex)
     base = run_base(request, settings)
-    warnings = validate(request)
     arn = execution_arn(machine, run_id)
     existing = _describe(aws, arn)
     if existing is not None:
