@@ -1,6 +1,6 @@
 """Loopback servers that speak the backends' protocols, for the demo, the tests and the benchmark.
 
-Needs the `local` extra (uvicorn; the apps are plain ASGI). Never imported by the Lambda handler.
+Needs the `local` extra (uvicorn, Starlette). Never imported by the Lambda handler.
 
 - `AlquimiaAgent`: the Alquimia infer + SSE stream protocol, with latency and fault injection.
 - `OpenAICompatServer`: an OpenAI-compatible `/v1/chat/completions` (also Groq's `/openai/v1/...`).
