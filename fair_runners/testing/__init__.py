@@ -4,12 +4,15 @@ Needs the `local` extra (uvicorn, Starlette). Never imported by the Lambda handl
 
 - `AlquimiaAgent`: the Alquimia infer + SSE stream protocol, with latency and fault injection.
 - `OpenAICompatServer`: an OpenAI-compatible `/v1/chat/completions` (also Groq's `/openai/v1/...`).
-- `LoopbackServer`: serves either on 127.0.0.1 in a background thread.
+- `HostileBackend`: both protocols, misbehaving on purpose (`HostileMode`: gzip bombs, endless lines,
+  truncated bodies, key echoes, odd SSE fields, ...), for hardening tests.
+- `LoopbackServer`: serves any of them on 127.0.0.1 in a background thread.
 """
 
 from ._faults import Fault
 from ._server import LoopbackServer
 from .alquimia_agent import AlquimiaAgent
+from .hostile import HostileBackend, HostileMode
 from .openai_compat import OpenAICompatServer
 
-__all__ = ["AlquimiaAgent", "Fault", "LoopbackServer", "OpenAICompatServer"]
+__all__ = ["AlquimiaAgent", "Fault", "HostileBackend", "HostileMode", "LoopbackServer", "OpenAICompatServer"]
