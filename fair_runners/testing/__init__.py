@@ -6,7 +6,8 @@ Needs the `local` extra (uvicorn, Starlette). Never imported by the Lambda handl
 - `OpenAICompatServer`: an OpenAI-compatible `/v1/chat/completions` (also Groq's `/openai/v1/...`).
 - `HostileBackend`: both protocols, misbehaving on purpose (`HostileMode`: gzip bombs, endless lines,
   truncated bodies, key echoes, odd SSE fields, ...), for hardening tests.
-- `LoopbackServer`: serves any of them on 127.0.0.1 in a background thread.
+- `LoopbackServer`: serves any of them on 127.0.0.1 in a background thread (HTTPS too).
+- `ForwardProxy`: a forward HTTP proxy (absolute-form and CONNECT, Basic auth, a log), for proxy tests.
 """
 
 from ._faults import Fault
@@ -14,5 +15,14 @@ from ._server import LoopbackServer
 from .alquimia_agent import AlquimiaAgent
 from .hostile import HostileBackend, HostileMode
 from .openai_compat import OpenAICompatServer
+from .proxy import ForwardProxy
 
-__all__ = ["AlquimiaAgent", "Fault", "HostileBackend", "HostileMode", "LoopbackServer", "OpenAICompatServer"]
+__all__ = [
+    "AlquimiaAgent",
+    "Fault",
+    "ForwardProxy",
+    "HostileBackend",
+    "HostileMode",
+    "LoopbackServer",
+    "OpenAICompatServer",
+]
