@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ._hostile_bodies import (
+    KEY_ECHO_VARIANTS,
     CutResponse,
     KeyEchoVariant,
     Step,
@@ -41,7 +42,14 @@ from ._hostile_bodies import (
 from ._hostile_mode import DOTDOT_IDS, HostileKind, HostileMode
 from ._runs import Run
 
-__all__ = ["DOTDOT_IDS", "HostileBackend", "HostileKind", "HostileMode", "HostileRequest"]
+__all__ = [
+    "DOTDOT_IDS",
+    "KEY_ECHO_VARIANTS",
+    "HostileBackend",
+    "HostileKind",
+    "HostileMode",
+    "HostileRequest",
+]
 
 _COMPLETION_PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
 _METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # and HEAD, which Starlette adds with GET
