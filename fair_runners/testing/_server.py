@@ -11,9 +11,19 @@ import uvicorn
 
 
 class LoopbackServer:
-    """`with LoopbackServer(app) as server: server.url` -> "http://127.0.0.1:PORT"."""
+    """`with LoopbackServer(app) as server: server.url` -> "http://127.0.0.1:PORT".
 
-    def __init__(self, app: Any, port: int = 0, host: str = "127.0.0.1") -> None:
+    With `ssl_certfile` and `ssl_keyfile` (PEM paths) it serves HTTPS, and `url` starts with https://.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+    ) -> None:
         config = uvicorn.Config(
             app,
             host=host,
@@ -24,16 +34,19 @@ class LoopbackServer:
             access_log=False,
             timeout_graceful_shutdown=1,
             timeout_keep_alive=30,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="loopback-server", daemon=True)
         self.host = host
         self.port = port
+        self.scheme = "https" if ssl_certfile else "http"
 
     @property
     def url(self) -> str:
         """Base URL of the running server."""
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self) -> LoopbackServer:
         """Start and wait until the socket is listening."""

@@ -16,7 +16,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._asgi import Handler, Request, Response, StreamingResponse, app, json_response
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
 from ._faults import Fault, FaultPlan
 
 
@@ -30,7 +34,11 @@ class _Pending:
 
 @dataclass
 class AlquimiaAgent:
-    """State and behaviour of the fake agent; `app` is its ASGI application."""
+    """State and behaviour of the fake agent; `app` is its Starlette application.
+
+    Any path holding `/event/infer/` (POST) or `/event/stream/` (GET) is served, so a base URL may carry a
+    prefix; other GET/POST paths are 404 (JSON), other methods 405.
+    """
 
     api_key: str | None = "demo-alq-key-7Hq2v9XrL4mN"
     latency_s: float = 0.0
@@ -43,7 +51,8 @@ class AlquimiaAgent:
         self._pending: dict[str, _Pending] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.app = app(self._route)
+        routes = [Route("/{path:path}", self._dispatch, methods=["GET", "POST"])]
+        self.app = Starlette(routes=routes, exception_handlers={405: _not_allowed})
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see `Fault`)."""
@@ -53,16 +62,15 @@ class AlquimiaAgent:
         """The infer calls received, in arrival order."""
         return [r for r in self.requests if r["step"] == "infer"]
 
-    def _route(self, method: str, path: str) -> Handler | int:
-        return self._dispatch if method in ("GET", "POST") else 405
-
-    async def _dispatch(self, request: Request) -> Response | StreamingResponse:
-        path = request.path
+    async def _dispatch(self, request: Request) -> Response:
+        if request.method == "HEAD":  # Starlette lets HEAD in with GET; this agent has no HEAD
+            return await _not_allowed(request, None)
+        path = "/" + request.path_params["path"]
         if "/event/infer/" in path and request.method == "POST":
             return await self._infer(request, path)
         if "/event/stream/" in path and request.method == "GET":
             return await self._stream(request, path)
-        return json_response({"detail": "not found"}, 404)
+        return JSONResponse({"detail": "not found"}, 404)
 
     def _authorised(self, request: Request) -> bool:
         return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
@@ -73,7 +81,7 @@ class AlquimiaAgent:
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return json_response({"detail": "invalid json"}, 422)
+            return JSONResponse({"detail": "invalid json"}, 422)
         query = str(body.get("query", ""))
         session_id = str(body.get("session_id", ""))
         with self._lock:
@@ -81,7 +89,7 @@ class AlquimiaAgent:
                 {
                     "step": "infer",
                     "path": path,
-                    "raw_path": request.raw_path,
+                    "raw_path": _raw_path(request),
                     "query_params": dict(request.query_params),
                     "channel": channel,
                     "agent_id": agent_id,
@@ -93,7 +101,7 @@ class AlquimiaAgent:
                 }
             )
         if not self._authorised(request):
-            return json_response({"detail": "invalid api key"}, 401)
+            return JSONResponse({"detail": "invalid api key"}, 401)
         fault = self.faults.take(query, session_id, "infer")
         if fault is not None and fault.kind == "echo_answer":
             query = f"{query} [auth: {request.headers.get('authorization')}]"
@@ -107,9 +115,9 @@ class AlquimiaAgent:
             history.append(query)
             stream_id = f"s{next(self._ids)}"
             self._pending[stream_id] = _Pending(session_id, query, agent_id, len(history))
-        return json_response({"stream_id": stream_id, "status": "queued"})
+        return JSONResponse({"stream_id": stream_id, "status": "queued"})
 
-    async def _stream(self, request: Request, path: str) -> Response | StreamingResponse:
+    async def _stream(self, request: Request, path: str) -> Response:
         stream_id = path.split("/event/stream/", 1)[1].strip("/")
         with self._lock:
             self.requests.append(
@@ -122,11 +130,11 @@ class AlquimiaAgent:
                 }
             )
         if not self._authorised(request):
-            return json_response({"detail": "invalid api key"}, 401)
+            return JSONResponse({"detail": "invalid api key"}, 401)
         with self._lock:
             pending = self._pending.pop(stream_id, None)
         if pending is None:
-            return json_response({"detail": "unknown stream"}, 404)
+            return JSONResponse({"detail": "unknown stream"}, 404)
         fault = self.faults.take(pending.query, pending.session_id, "stream")
         if fault is not None and fault.kind in ("status", "hang", "slow", "echo", "redirect"):
             refusal = await _apply_fault(fault, request, None)
@@ -138,7 +146,7 @@ class AlquimiaAgent:
             answer = fault.text
         return StreamingResponse(
             self._events(answer, fault),
-            media_type="text/event-stream; charset=utf-8",
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
 
@@ -164,6 +172,17 @@ class AlquimiaAgent:
             yield _event(answer[:end])
 
 
+async def _not_allowed(request: Request, exc: Exception | None) -> Response:
+    """405 for any method but GET and POST (HEAD included, which Starlette's own 405 would list)."""
+    return PlainTextResponse("Method Not Allowed", 405, headers={"Allow": "GET, POST"})
+
+
+def _raw_path(request: Request) -> str:
+    """The path as sent, still percent-encoded (the ASGI `raw_path`; Starlette only decodes it)."""
+    raw: bytes | None = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else request.scope["path"]
+
+
 def _event(content: str) -> bytes:
     payload = {"response": {"data": {"content": content}}, "is_complete": False}
     return f"data: {json.dumps(payload)}\n\n".encode()
@@ -172,19 +191,19 @@ def _event(content: str) -> bytes:
 async def _apply_fault(fault: Fault, request: Request, body: Any) -> Response | None:
     if fault.kind == "echo":
         echoed = {"error": "echo", "headers": dict(request.headers), "body": body}
-        return json_response(echoed, fault.status)
+        return JSONResponse(echoed, fault.status)
     if fault.kind == "redirect":
-        return Response(status=fault.status, headers={"Location": fault.location})
+        return Response(status_code=fault.status, headers={"Location": fault.location})
     if fault.kind == "status":
         headers = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
-        return json_response({"detail": f"injected {fault.status}"}, fault.status, headers)
+        return JSONResponse({"detail": f"injected {fault.status}"}, fault.status, headers)
     if fault.kind == "hang":
         await asyncio.sleep(3600)
     if fault.kind == "slow":
         await asyncio.sleep(fault.delay_s)
         return None
     if fault.kind == "no_stream_id":
-        return json_response({"status": "queued"})
+        return JSONResponse({"status": "queued"})
     return None
 
 

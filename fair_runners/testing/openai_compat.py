@@ -17,7 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._asgi import Handler, Request, Response, app, json_response
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from ._faults import Fault, FaultPlan
 
 _PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
@@ -25,7 +29,10 @@ _PATHS = ("/v1/chat/completions", "/openai/v1/chat/completions")
 
 @dataclass
 class OpenAICompatServer:
-    """State and behaviour of the fake endpoint; `app` is its ASGI application."""
+    """State and behaviour of the fake endpoint; `app` is its Starlette application.
+
+    POST on either path of `_PATHS` (exactly: a trailing slash is 404, not a redirect); other methods 405.
+    """
 
     api_key: str | None = "demo-llm-key-Vb83Nq1ZcT6y"
     latency_s: float = 0.0
@@ -35,12 +42,8 @@ class OpenAICompatServer:
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.app = app(self._route)
-
-    def _route(self, method: str, path: str) -> Handler | int | None:
-        if path not in _PATHS:
-            return None
-        return self._completions if method == "POST" else 405
+        self.app = Starlette(routes=[Route(path, self._completions, methods=["POST"]) for path in _PATHS])
+        self.app.router.redirect_slashes = False
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see `Fault`; the `phase` is always `infer`)."""
@@ -57,7 +60,7 @@ class OpenAICompatServer:
         with self._lock:
             self.requests.append(
                 {
-                    "path": request.path,
+                    "path": request.url.path,
                     "model": body.get("model"),
                     "messages": messages,
                     "query": query,
@@ -76,10 +79,10 @@ class OpenAICompatServer:
                 message = f"bad request with key {auth}: {dict(request.headers)} {json.dumps(body)}"
                 return _error(fault.status, message, "invalid_request_error")
             if fault.kind == "redirect":
-                return Response(status=fault.status, headers={"Location": fault.location})
+                return Response(status_code=fault.status, headers={"Location": fault.location})
             if fault.kind == "echo_answer":
                 answer = f"echo: {query} [auth: {request.headers.get('authorization')}]"
-                return json_response(_completion(body, answer, next(self._ids)))
+                return JSONResponse(_completion(body, answer, next(self._ids)))
             if fault.kind == "status":
                 headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
                 return _error(fault.status, f"injected {fault.status}", "server_error", headers)
@@ -88,7 +91,7 @@ class OpenAICompatServer:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":
-                return json_response(_completion(body, "", next(self._ids)))
+                return JSONResponse(_completion(body, "", next(self._ids)))
             if fault.kind == "answer":  # ASCII JSON: the text may hold what UTF-8 cannot
                 data = json.dumps(_completion(body, fault.text, next(self._ids)))
                 return Response(data.encode("ascii"), media_type="application/json")
@@ -96,7 +99,7 @@ class OpenAICompatServer:
             await asyncio.sleep(self.latency_s)
         has_system = any(m.get("role") == "system" for m in messages)
         answer = f"echo: {query} (history={len(user_messages) - 1}, system={'yes' if has_system else 'no'})"
-        return json_response(_completion(body, answer, next(self._ids)))
+        return JSONResponse(_completion(body, answer, next(self._ids)))
 
 
 def _completion(body: dict[str, Any], answer: str, n: int) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def _completion(body: dict[str, Any], answer: str, n: int) -> dict[str, Any]:
 
 
 def _error(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": {"message": message, "type": code, "code": code}}, status, headers)
+    return JSONResponse({"error": {"message": message, "type": code, "code": code}}, status, headers)
 
 
 def main() -> None:
