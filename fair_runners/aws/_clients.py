@@ -37,7 +37,13 @@ class AwsClients:
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"mode": "standard", "max_attempts": 5}, signature_version="s3v4")
+        from .._proxies import botocore_proxies
+
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            signature_version="s3v4",
+            proxies=botocore_proxies(),  # env proxies as the runners use them; none with FAIR_RUNNERS_TRUST_ENV=0
+        )
         return boto3.client(name, config=config)  # type: ignore[call-overload]
 
     @property
