@@ -203,7 +203,9 @@ class DynamoStore:
         from botocore.config import Config
 
         # Few retries and short timeouts: a cache that is slow to answer costs more than a miss.
-        config = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=5)
+        config = Config(
+            retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=2, read_timeout=5
+        )
         client = boto3.session.Session().client(service, config=config)  # type: ignore[call-overload]
         self._owned.append(client)
         return client
