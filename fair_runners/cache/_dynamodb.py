@@ -71,12 +71,10 @@ class DynamoStore:
 
     async def get(self, key: str) -> CachedAnswer | None:
         """The unexpired answer under `key`, or None (also on any AWS failure: see `errors`)."""
-        self._check_open()
         return await asyncio.to_thread(self.get_sync, key)
 
     async def put(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
         """Store `answer` for `ttl_s` seconds (None: no expiry); False when it was not stored."""
-        self._check_open()
         return await asyncio.to_thread(self.put_sync, key, answer, ttl_s)
 
     async def aclose(self) -> None:
@@ -92,6 +90,7 @@ class DynamoStore:
 
     def get_sync(self, key: str) -> CachedAnswer | None:
         """`get`, blocking."""
+        self._check_open()
         try:
             reply = self._table_client().get_item(
                 TableName=self.table, Key={KEY_ATTRIBUTE: {"S": key}}, ConsistentRead=False
@@ -117,6 +116,7 @@ class DynamoStore:
 
     def put_sync(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
         """`put`, blocking."""
+        self._check_open()
         answer = stamped(check_answer(answer))
         expiry = expires_at(ttl_s, time.time())
         item: dict[str, Any] = {

@@ -7,7 +7,8 @@ The file is `<cache dir>/responses.sqlite3`, the cache dir being env `FAIR_RUNNE
             created_at REAL, expires_at REAL NULL)
 
 WAL lets readers and one writer work at once across processes; a busy timeout (`BUSY_TIMEOUT_S`) makes a
-writer wait for another instead of failing with "database is locked". Every statement runs alone in
+writer wait for another instead of failing with "database is locked" (and the switch to WAL, for which
+SQLite calls no busy handler, is retried for as long). Every statement runs alone in
 autocommit, so no transaction ever upgrades from reading to writing (the one case a busy timeout cannot
 help). Expired and malformed rows are misses, deleted when met; all expired rows are deleted when the file
 is opened and every `PURGE_EVERY` puts. A failing database never fails a run: the call is a miss or a
@@ -172,8 +173,7 @@ class SqliteStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot use WAL for {self.path}")
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(_SCHEMA)
             self._purge(conn)
@@ -182,6 +182,27 @@ class SqliteStore:
             raise
         self._conn, self._pid = conn, os.getpid()
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL. When several processes open a new file at once, the switch can fail at
+        once with SQLITE_BUSY (SQLite does not call the busy handler for it): retry until the busy timeout."""
+        import sqlite3
+
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.001
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                busy = getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED"))
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+                continue
+            if mode.lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot use WAL for {self.path} (journal mode {mode})")
+            return
 
     @staticmethod
     def _purge(conn: sqlite3.Connection) -> None:
