@@ -188,6 +188,14 @@ def test_a_spilled_answer_whose_object_is_gone_or_foreign_is_a_miss(aws: Aws) ->
     assert store.errors == 0
 
 
+def test_text_dynamodb_cannot_hold_is_a_failed_put_not_an_exception(aws: Aws) -> None:
+    store = aws.store()
+    assert store.put_sync("k", CachedAnswer("lone \ud800 surrogate"), 60) is False
+    assert store.errors == 1 and store.get_sync("k") is None
+    assert store.put_sync("big", CachedAnswer("\ud800" * 200_000), 60) is False  # the same when spilled
+    assert store.errors == 2 and store.get_sync("big") is None
+
+
 @pytest.mark.parametrize(
     "item",
     [

@@ -115,6 +115,12 @@ def test_a_broken_file_makes_misses_and_failed_puts_never_exceptions(path: Path)
     asyncio.run(main())
 
 
+def test_text_sqlite_cannot_hold_is_a_failed_put_not_an_exception(path: Path) -> None:
+    store = SqliteStore(path)
+    assert store.put_sync("k", CachedAnswer("lone \ud800 surrogate"), None) is False
+    assert store.errors == 1 and store.get_sync("k") is None
+
+
 def test_use_after_close_is_a_programming_error(path: Path) -> None:
     store = SqliteStore(path)
     store.put_sync("k", CachedAnswer("a"), None)

@@ -128,8 +128,9 @@ class DynamoStore:
         }
         if expiry is not None:
             item[TTL_ATTRIBUTE] = {"N": str(math.ceil(expiry))}
-        size = len(answer.content.encode("utf-8", "surrogatepass")) + len(key) + _ITEM_OVERHEAD_BYTES
         try:
+            # UnicodeEncodeError for text with a lone surrogate, which DynamoDB cannot hold: a failed put.
+            size = len(answer.content.encode("utf-8")) + len(key) + _ITEM_OVERHEAD_BYTES
             if size <= INLINE_LIMIT_BYTES:
                 item["content"] = {"S": answer.content}
             elif self.spill_bucket is None:
@@ -162,7 +163,7 @@ class DynamoStore:
         self._spill_client().put_object(
             Bucket=str(self.spill_bucket),
             Key=f"{self.spill_prefix}{key}.json",
-            Body=json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+            Body=json.dumps(body, ensure_ascii=False).encode("utf-8"),
             ContentType="application/json",
         )
         return self.spill_uri(key)

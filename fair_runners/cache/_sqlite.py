@@ -108,9 +108,14 @@ class SqliteStore:
                 try:
                     if expiry is not None and not (isinstance(expiry, float | int) and expiry > now):
                         raise ValueError("expired")
-                    fields = {"content": content, "created_at": created_at}
-                    fields |= {"input_tokens": input_tokens, "output_tokens": output_tokens}
-                    return answer_from(fields)
+                    return answer_from(
+                        {
+                            "content": content,
+                            "input_tokens": input_tokens,
+                            "output_tokens": output_tokens,
+                            "created_at": created_at,
+                        }
+                    )
                 except ValueError:  # expired, or a row this store did not write: a miss, and gone
                     conn.execute("DELETE FROM answers WHERE key = ? AND expires_at IS ?", (key, expiry))
                     return None
@@ -212,7 +217,7 @@ class SqliteStore:
     def _errors() -> tuple[type[Exception], ...]:
         import sqlite3
 
-        return (sqlite3.Error, OSError)
+        return (sqlite3.Error, OSError, UnicodeError)  # UnicodeError: text with a lone surrogate
 
     def _failed(self, op: str, exc: Exception) -> None:
         self.errors += 1

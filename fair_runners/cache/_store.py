@@ -21,7 +21,9 @@ class CachedAnswer:
 
 class CacheStore(Protocol):
     """A response cache. Stores never raise for a backend failure: a failed `get` is a miss, a failed `put`
-    returns False, and each such failure adds one to `errors`."""
+    returns False, and each such failure adds one to `errors`. Only the caller's bugs raise: `ValueError`
+    from `put` for a malformed answer or a `ttl_s` that keeps nothing (<= 0, NaN), `RuntimeError` for a
+    call after `aclose`."""
 
     errors: int
 
