@@ -42,7 +42,7 @@ class AwsClients:
         config = Config(
             retries={"mode": "standard", "max_attempts": 5},
             signature_version="s3v4",
-            proxies=botocore_proxies(),  # env proxies as the runners use them; none with FAIR_RUNNERS_TRUST_ENV=0
+            proxies=botocore_proxies(),  # the runners' env proxies; none with FAIR_RUNNERS_TRUST_ENV=0
         )
         return boto3.client(name, config=config)  # type: ignore[call-overload]
 
