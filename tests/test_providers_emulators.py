@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 import anthropic
 import botocore.exceptions
@@ -15,171 +15,80 @@ import openai
 import pytest
 from langchain_anthropic import ChatAnthropic
 from langchain_aws import ChatBedrockConverse
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
-from langchain_openai import AzureChatOpenAI
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
-from fair_runners.testing import Fault, LoopbackServer
+from fair_runners.testing import Fault
 from fair_runners.testing.anthropic_api import AnthropicEmulator
 from fair_runners.testing.azure_openai import AzureOpenAIEmulator
 from fair_runners.testing.bedrock import BedrockEmulator
 
-ANTHROPIC_KEY = "test-anthropic-key"
-AZURE_KEY = "test-azure-key"
-MODEL_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-v1:0"
-CONVERSATION: list[BaseMessage] = [
-    SystemMessage(content="You are terse."),
-    HumanMessage(content="first question"),
-    AIMessage(content="first answer"),
-    HumanMessage(content="second question"),
-]
-EXPECTED = "echo: second question (history=1, system=yes)"
-# Words in the conversation (the emulators count tokens as words) and in the answer.
-INPUT_TOKENS, OUTPUT_TOKENS = 9, 5
-
-PROVIDER_ENV = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_BEARER_TOKEN_BEDROCK",
-    "AWS_ENDPOINT_URL",
-    "AWS_RETRY_MODE",
-    "AWS_MAX_ATTEMPTS",
-    "ANTHROPIC_API_KEY",
-    "ANTHROPIC_BASE_URL",
-    "ANTHROPIC_API_URL",
-    "ANTHROPIC_PROXY",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_ENDPOINT",
-    "AZURE_OPENAI_AD_TOKEN",
-    "OPENAI_API_VERSION",
-    "LANGSMITH_GATEWAY",
-    "LANGSMITH_GATEWAY_API_KEY",
+from .providers_support import (
+    ANTHROPIC_KEY,
+    AZURE_KEY,
+    CONVERSATION,
+    EXPECTED,
+    INPUT_TOKENS,
+    MODEL_ARN,
+    OUTPUT_TOKENS,
+    Served,
+    azure_model,
+    bedrock_model,
+    claude_model,
+    close_models,
+    fresh,
+    kept_bedrock_model,
+    provider_env,
+    serve,
 )
 
 
 @pytest.fixture(autouse=True)
-def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
-    """No developer credentials, profiles or endpoints; dummy AWS keys (the emulator ignores SigV4)."""
-    for name in PROVIDER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
+def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    provider_env(monkeypatch, tmp_path)
+    yield
+    close_models()
 
 
 @pytest.fixture(scope="module")
-def _bedrock_server() -> Iterator[tuple[BedrockEmulator, LoopbackServer]]:
-    emulator = BedrockEmulator()
-    with LoopbackServer(emulator.app) as server:
-        yield emulator, server
+def _bedrock_server() -> Iterator[Served[BedrockEmulator]]:
+    yield from serve(BedrockEmulator())
 
 
 @pytest.fixture
 def bedrock(
-    _bedrock_server: tuple[BedrockEmulator, LoopbackServer], monkeypatch: pytest.MonkeyPatch
+    _bedrock_server: Served[BedrockEmulator], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[BedrockEmulator, str]]:
     """The emulator (reset) and its URL, set as `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`."""
-    emulator, server = _bedrock_server
-    emulator.reset()
-    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.url)
-    yield emulator, server.url
-    emulator.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", _bedrock_server.url)
+    for served in fresh(_bedrock_server):
+        yield served.emulator, served.url
 
 
 @pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[tuple[AnthropicEmulator, LoopbackServer]]:
-    emulator = AnthropicEmulator(api_key=ANTHROPIC_KEY)
-    with LoopbackServer(emulator.app) as server:
-        yield emulator, server
+def bedrock_faulty(_bedrock_server: Served[BedrockEmulator]) -> Iterator[ChatBedrockConverse]:
+    yield from kept_bedrock_model(_bedrock_server.url)
+
+
+@pytest.fixture(scope="module")
+def _anthropic_server() -> Iterator[Served[AnthropicEmulator]]:
+    yield from serve(AnthropicEmulator(api_key=ANTHROPIC_KEY))
 
 
 @pytest.fixture
-def claude(
-    _anthropic_server: tuple[AnthropicEmulator, LoopbackServer],
-) -> Iterator[tuple[AnthropicEmulator, str]]:
-    emulator, server = _anthropic_server
-    emulator.reset()
-    yield emulator, server.url
-    emulator.reset()
+def claude(_anthropic_server: Served[AnthropicEmulator]) -> Iterator[tuple[AnthropicEmulator, str]]:
+    for served in fresh(_anthropic_server):
+        yield served.emulator, served.url
 
 
 @pytest.fixture(scope="module")
-def _azure_server() -> Iterator[tuple[AzureOpenAIEmulator, LoopbackServer]]:
-    emulator = AzureOpenAIEmulator(api_key=AZURE_KEY)
-    with LoopbackServer(emulator.app) as server:
-        yield emulator, server
+def _azure_server() -> Iterator[Served[AzureOpenAIEmulator]]:
+    yield from serve(AzureOpenAIEmulator(api_key=AZURE_KEY))
 
 
 @pytest.fixture
-def azure(
-    _azure_server: tuple[AzureOpenAIEmulator, LoopbackServer],
-) -> Iterator[tuple[AzureOpenAIEmulator, str]]:
-    emulator, server = _azure_server
-    emulator.reset()
-    yield emulator, server.url
-    emulator.reset()
-
-
-_MADE: list[Any] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients() -> Iterator[None]:
-    """Close the HTTP clients of the models a test built (their pooled sockets would otherwise be found
-    unclosed by the garbage collector, in some later test)."""
-    yield
-    while _MADE:
-        model = _MADE.pop()
-        for name in ("client", "bedrock_client", "root_client"):
-            client = getattr(model, name, None)
-            if client is not None and hasattr(client, "close"):
-                client.close()
-
-
-@pytest.fixture(scope="module")
-def bedrock_faulty(_bedrock_server: tuple[BedrockEmulator, LoopbackServer]) -> Iterator[ChatBedrockConverse]:
-    """One model for the fault tests (building one costs ~0.4 s of CPU: two boto3 clients)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        patch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-        patch.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
-        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
-        for name in PROVIDER_ENV:
-            patch.delenv(name, raising=False)
-        model = ChatBedrockConverse(
-            model=MODEL_ARN,
-            provider="anthropic",
-            region_name="us-east-1",
-            endpoint_url=_bedrock_server[1].url,
-            max_retries=0,
-        )
-    yield model
-    model.client.close()
-    model.bedrock_client.close()
-
-
-def bedrock_model(**params: Any) -> ChatBedrockConverse:
-    params.setdefault("max_retries", 0)
-    model = ChatBedrockConverse(model=MODEL_ARN, provider="anthropic", **params)
-    _MADE.append(model)
-    return model
-
-
-def claude_model(url: str, **params: Any) -> ChatAnthropic:
-    """ChatAnthropic keeps its HTTP clients in a process-wide cache: nothing to close."""
-    params.setdefault("base_url", url)
-    return ChatAnthropic(model="claude-test", api_key=ANTHROPIC_KEY, max_retries=0, **params)
-
-
-def azure_model(url: str, **params: Any) -> AzureChatOpenAI:
-    params.setdefault("api_key", AZURE_KEY)
-    model = AzureChatOpenAI(
-        azure_endpoint=url, azure_deployment="gpt-4o-dep", api_version="2024-10-21", max_retries=0, **params
-    )
-    _MADE.append(model)
-    return model
+def azure(_azure_server: Served[AzureOpenAIEmulator]) -> Iterator[tuple[AzureOpenAIEmulator, str]]:
+    for served in fresh(_azure_server):
+        yield served.emulator, served.url
 
 
 def assert_usage(reply: BaseMessage) -> None:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -50,11 +51,12 @@ _CODES = {
 class AzureOpenAIEmulator:
     """State and behaviour of the fake Azure OpenAI resource; `app` is its ASGI application.
 
-    Faults (`Fault`, matched on the last user message): `status` answers Azure's error for `status` (429
-    with `retry-after` / `retry-after-ms` from `retry_after`, default 1 s; the code is `text` when set);
-    `hang` never answers; `slow` waits `delay_s` first; `empty` answers no text. A wrong key (either header)
-    is a 401; a missing `api-version` a 404, as Azure answers. `requests` logs every call (thread-safe
-    appends); `in_flight` / `peak_in_flight` count the calls being answered at once.
+    Faults (`Fault`, matched on the last user message): `status` answers Azure's error for `status` (the
+    code is `text` when set; a 429 carries `retry-after`, whole seconds rounded up, and `retry-after-ms`
+    from `retry_after`, default 1 s); `hang` never answers; `slow` waits `delay_s` first; `empty` answers
+    no text. A wrong key (either header) is a 401; a missing `api-version` a 404, as Azure answers.
+    `requests` logs every call (thread-safe appends); `in_flight` / `peak_in_flight` count the calls being
+    answered at once.
     """
 
     api_key: str | None = "test-azure-key"
@@ -151,7 +153,8 @@ class AzureOpenAIEmulator:
                 headers: dict[str, str] = {}
                 if fault.status == 429 or fault.retry_after is not None:
                     wait = fault.retry_after if fault.retry_after is not None else 1.0
-                    headers = {"retry-after": f"{wait:g}", "retry-after-ms": f"{wait * 1000:g}"}
+                    # Azure rounds `retry-after` up to whole seconds; `retry-after-ms` is exact.
+                    headers = {"retry-after": str(math.ceil(wait)), "retry-after-ms": f"{wait * 1000:g}"}
                     headers.update(_rate_limit_headers(0, 0))
                 return _error(fault.status, code, f"injected {fault.status} ({code})", headers)
             if fault.kind == "hang":
