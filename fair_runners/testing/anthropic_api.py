@@ -26,8 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._asgi import Handler, Request, Response, json_response
-from ._asgi import app as asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from ._faults import Fault, FaultPlan
 
 # Anthropic's error types and their HTTP status.
@@ -69,7 +72,7 @@ class AnthropicEmulator:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
-        self.app = asgi_app(self._route)
+        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see the class docstring)."""
@@ -92,11 +95,6 @@ class AnthropicEmulator:
         released = asyncio.shield(asyncio.wrap_future(self._release))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(released, 3600)
-
-    def _route(self, method: str, path: str) -> Handler | int | None:
-        if path != "/v1/messages":
-            return None
-        return self._messages if method == "POST" else 405
 
     async def _messages(self, request: Request) -> Response:
         with self._lock:
@@ -124,7 +122,7 @@ class AnthropicEmulator:
         with self._lock:
             self.requests.append(
                 {
-                    "path": request.path,
+                    "path": request.url.path,
                     "model": body.get("model"),
                     "messages": messages,
                     "system": system,
@@ -215,7 +213,7 @@ def _reply(body: dict[str, Any], answer: str, n: int) -> Response:
         "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
     }
-    return json_response(content, headers=_rate_limit_headers(n, input_tokens + output_tokens))
+    return JSONResponse(content, headers=_rate_limit_headers(n, input_tokens + output_tokens))
 
 
 def _error(kind: str, status: int, message: str, n: int, retry_after: float | None = None) -> Response:
@@ -230,7 +228,7 @@ def _error(kind: str, status: int, message: str, n: int, retry_after: float | No
         "error": {"type": kind, "message": message},
         "request_id": headers["request-id"],
     }
-    return json_response(content, status, headers)
+    return JSONResponse(content, status, headers)
 
 
 def main() -> None:

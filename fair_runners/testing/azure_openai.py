@@ -25,8 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from ._asgi import Handler, Request, Response, json_response
-from ._asgi import app as asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from ._faults import Fault, FaultPlan
 
 _PREFIX = "/openai/deployments/"
@@ -70,7 +73,15 @@ class AzureOpenAIEmulator:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
-        self.app = asgi_app(self._route)
+        self.app = Starlette(
+            routes=[
+                Route(
+                    "/openai/deployments/{deployment:path}/chat/completions",
+                    self._completions,
+                    methods=["POST"],
+                )
+            ]
+        )
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see the class docstring)."""
@@ -94,11 +105,6 @@ class AzureOpenAIEmulator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(released, 3600)
 
-    def _route(self, method: str, path: str) -> Handler | int | None:
-        if not (path.startswith(_PREFIX) and path.endswith(_SUFFIX)):
-            return None
-        return self._completions if method == "POST" else 405
-
     async def _completions(self, request: Request) -> Response:
         with self._lock:
             self.in_flight += 1
@@ -111,7 +117,7 @@ class AzureOpenAIEmulator:
                 self.in_flight -= 1
 
     async def _answer(self, request: Request, n: int) -> Response:
-        deployment = unquote(request.raw_path[len(_PREFIX) : -len(_SUFFIX)])
+        deployment = unquote(_raw_path(request)[len(_PREFIX) : -len(_SUFFIX)])
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -125,7 +131,7 @@ class AzureOpenAIEmulator:
         with self._lock:
             self.requests.append(
                 {
-                    "path": request.path,
+                    "path": request.url.path,
                     "deployment": deployment,
                     "api_version": request.query_params.get("api-version"),
                     "model": body.get("model"),
@@ -216,11 +222,11 @@ def _reply(body: dict[str, Any], answer: str, n: int) -> Response:
         max(0, REQUESTS_LIMIT - n), max(0, TOKENS_LIMIT - prompt_tokens - completion_tokens)
     )
     headers.update({"apim-request-id": f"apim-{n}", "x-request-id": f"req-{n}"})
-    return json_response(content, headers=headers)
+    return JSONResponse(content, headers=headers)
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status, headers)
+    return JSONResponse({"error": {"code": code, "message": message}}, status, headers)
 
 
 def main() -> None:
@@ -238,3 +244,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _raw_path(request: Request) -> str:
+    """The path as sent, still percent-encoded (an ARN's encoded "/" stays apart from the separators)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else request.url.path

@@ -27,8 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from ._asgi import Handler, Request, Response, json_response
-from ._asgi import app as asgi_app
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
 from ._faults import Fault, FaultPlan
 
 # Bedrock's error codes and their HTTP status (the Converse operation's modeled errors, from botocore's
@@ -81,7 +84,9 @@ class BedrockEmulator:
         self.in_flight = 0
         self.peak_in_flight = 0
         self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
-        self.app = asgi_app(self._route)
+        self.app = Starlette(
+            routes=[Route("/model/{model_id:path}/converse", self._converse, methods=["POST"])]
+        )
 
     def add_fault(self, *faults: Fault) -> None:
         """Inject faults (see the class docstring)."""
@@ -105,11 +110,6 @@ class BedrockEmulator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(released, 3600)
 
-    def _route(self, method: str, path: str) -> Handler | int | None:
-        if not (path.startswith("/model/") and path.endswith("/converse")):
-            return None
-        return self._converse if method == "POST" else 405
-
     async def _converse(self, request: Request) -> Response:
         with self._lock:
             self.in_flight += 1
@@ -123,7 +123,7 @@ class BedrockEmulator:
     async def _answer(self, request: Request) -> Response:
         started = time.monotonic()
         # The raw path keeps an ARN's encoded "/" apart from the path's own separators.
-        model_id = unquote(request.raw_path[len("/model/") : -len("/converse")])
+        model_id = unquote(_raw_path(request)[len("/model/") : -len("/converse")])
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
@@ -138,7 +138,7 @@ class BedrockEmulator:
         with self._lock:
             self.requests.append(
                 {
-                    "path": request.path,
+                    "path": request.url.path,
                     "model_id": model_id,
                     "messages": messages,
                     "system": system,
@@ -163,11 +163,11 @@ class BedrockEmulator:
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":
-                return json_response(_converse_reply(messages, system, "", started))
+                return JSONResponse(_converse_reply(messages, system, "", started))
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
         answer = f"echo: {query} (history={len(user_texts) - 1}, system={'yes' if system else 'no'})"
-        return json_response(
+        return JSONResponse(
             _converse_reply(messages, system, answer, started),
             headers={"x-amzn-RequestId": str(uuid.uuid4())},
         )
@@ -201,7 +201,7 @@ def _error(code: str, status: int, message: str, retry_after: float | None = Non
     headers = {"x-amzn-ErrorType": f"{code}:{_ERROR_NAMESPACE}", "x-amzn-RequestId": str(uuid.uuid4())}
     if retry_after is not None:
         headers["retry-after"] = f"{retry_after:g}"
-    return json_response({"message": message}, status, headers)
+    return JSONResponse({"message": message}, status, headers)
 
 
 def main() -> None:
@@ -218,3 +218,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _raw_path(request: Request) -> str:
+    """The path as sent, still percent-encoded (an ARN's encoded "/" stays apart from the separators)."""
+    raw = request.scope.get("raw_path")
+    return raw.decode("latin-1") if raw else request.url.path
