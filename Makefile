@@ -13,7 +13,7 @@ LAMBDA_PLATFORM ?= manylinux2014_x86_64
 $(VENV)/.ok-local: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[local]"
+	$(PIP) install -q -e ".[local,bedrock,anthropic]"
 	touch $@
 
 $(VENV)/.ok-dev: pyproject.toml
@@ -57,14 +57,18 @@ sam-cli: $(SAM_VENV)/.ok
 
 ## `sam build` (BuildMethod: makefile) calls these with ARTIFACTS_DIR: the code plus Lambda-platform wheels. Each
 ## function gets only what it imports (requirements.txt, requirements-merge.txt); boto3 is the runtime's.
+## FAIR_RUNNERS_EXTRAS=bedrock,anthropic sam build adds those providers to the runner (azure needs nothing more).
+comma := ,
+EXTRA_PACKAGES := $(patsubst bedrock,langchain-aws>=0.2.10,$(patsubst anthropic,langchain-anthropic>=0.3,$(filter-out azure,$(subst $(comma), ,$(FAIR_RUNNERS_EXTRAS)))))
 build-RunnerFunction: REQUIREMENTS = requirements.txt
+build-RunnerFunction: PACKAGES = $(foreach p,$(EXTRA_PACKAGES),"$(p)")
 build-MergeFunction: REQUIREMENTS = requirements-merge.txt
 build-RunnerFunction build-MergeFunction:
 	@test -n "$(ARTIFACTS_DIR)" || (echo "ARTIFACTS_DIR is not set: run sam build" && exit 2)
 	cp -R fair_runners handler "$(ARTIFACTS_DIR)/"
 	find "$(ARTIFACTS_DIR)/fair_runners" "$(ARTIFACTS_DIR)/handler" -name __pycache__ -prune -exec rm -rf {} +
 	rm -rf "$(ARTIFACTS_DIR)/fair_runners/testing" "$(ARTIFACTS_DIR)/fair_runners/cli"
-	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile -r $(REQUIREMENTS) \
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile -r $(REQUIREMENTS) $(PACKAGES) \
 		--target "$(ARTIFACTS_DIR)" --platform $(LAMBDA_PLATFORM) --implementation cp \
 		--python-version 3.11 --only-binary=:all: --upgrade
 

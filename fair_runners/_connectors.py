@@ -1,163 +1,44 @@
-"""The allowlisted connector factory: which LangChain chat models a payload may name, and their credentials.
+"""The allowlisted connector factory: which LangChain chat models a payload may name, and how each is built.
 
-A payload names a class by `connector.class_path`; it is looked up, as an exact string, in the allowlist.
-Nothing outside the allowlist is ever imported: no `importlib` call ever sees a string the caller chose.
+A payload names a class by `connector.class_path` (an exact string on the allowlist) or by
+`connector.model`, the `provider:model` spelling of LangChain's `init_chat_model`
+(`"bedrock_converse:anthropic.claude-3-5-haiku-20241022-v1:0"`), whose provider part maps through the same
+allowlist. Nothing outside the allowlist is ever imported: no `importlib` call ever sees a string the caller
+chose. Optional providers (`[bedrock]`, `[anthropic]`, Google GenAI, Ollama) are allowed when installed.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._connector_params import (
+    ALIASES,
+    ANTHROPIC_PARAMS,
+    AZURE_PARAMS,
+    BEDROCK_PARAMS,
+    COMMON_PARAMS,
+    FORBIDDEN_PARAMS,
+    GOOGLE_PARAMS,
+    GROQ_PARAMS,
+    OLLAMA_PARAMS,
+    OPENAI_PARAMS,
+    ParamRule,
+)
 from ._errors import InvalidRequest
-from ._text import control_problem
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
-
-ParamKind = Literal["str", "secret", "url", "number", "int", "bool", "stop"]
-
-
-@dataclass(frozen=True)
-class ParamRule:
-    """What one constructor parameter may hold (kind and bounds); anything else is refused."""
-
-    kind: ParamKind
-    minimum: float | None = None
-    maximum: float | None = None
-    max_len: int = 256
-
-    def check(self, loc: str, value: Any) -> str | None:
-        """None when `value` is acceptable, else what is wrong with it."""
-        kind = self.kind
-        if kind in ("str", "secret", "url"):
-            if not isinstance(value, str):
-                return "must be a string"
-            if len(value) > self.max_len:
-                return f"must be at most {self.max_len} characters"
-            return control_problem(value)  # these go into URLs and headers
-        if kind == "bool":
-            return None if isinstance(value, bool) else "must be true or false"
-        if kind == "stop":
-            items = [value] if isinstance(value, str) else value
-            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-                return "must be a string or a list of strings"
-            if len(items) > 16 or any(len(x) > self.max_len for x in items):
-                return f"must be at most 16 strings of at most {self.max_len} characters"
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return "must be a number" if kind == "number" else "must be an integer"
-        if kind == "int" and not isinstance(value, int):
-            return "must be an integer"
-        if not math.isfinite(value):
-            return "must be a finite number"
-        if self.minimum is not None and value < self.minimum:
-            return f"must be >= {self.minimum:g}"
-        if self.maximum is not None and value > self.maximum:
-            return f"must be <= {self.maximum:g}"
-        return None
-
-
-# Parameters any allowlisted chat model may take: plain values only. Everything else is refused, so keys
-# that take objects, callables, proxies, headers, extra request fields or file paths never reach a model.
-_COMMON_PARAMS: dict[str, ParamRule] = {
-    "model": ParamRule("str"),
-    "api_key": ParamRule("secret", max_len=4096),
-    "base_url": ParamRule("url", max_len=2048),
-    "temperature": ParamRule("number", 0, 2),
-    "top_p": ParamRule("number", 0, 1),
-    "max_tokens": ParamRule("int", 1, 10_000_000),
-    "stop": ParamRule("stop"),
-    "timeout": ParamRule("number", 0.001, 900),
-    "max_retries": ParamRule("int", 0, 10),
-    "seed": ParamRule("int", -(2**63), 2**63 - 1),
-}
-_OPENAI_PARAMS = {
-    **_COMMON_PARAMS,
-    "max_completion_tokens": ParamRule("int", 1, 10_000_000),
-    "n": ParamRule("int", 1, 16),
-    "presence_penalty": ParamRule("number", -2, 2),
-    "frequency_penalty": ParamRule("number", -2, 2),
-    "logprobs": ParamRule("bool"),
-    "top_logprobs": ParamRule("int", 0, 20),
-    "organization": ParamRule("str"),
-    "reasoning_effort": ParamRule("str", max_len=32),
-    "verbosity": ParamRule("str", max_len=32),
-    "service_tier": ParamRule("str", max_len=32),
-    "stream_usage": ParamRule("bool"),
-}
-_GROQ_PARAMS = {
-    **_COMMON_PARAMS,
-    "n": ParamRule("int", 1, 16),
-    "reasoning_effort": ParamRule("str", max_len=32),
-    "reasoning_format": ParamRule("str", max_len=32),
-    "service_tier": ParamRule("str", max_len=32),
-}
-_GOOGLE_PARAMS = {
-    **{k: v for k, v in _COMMON_PARAMS.items() if k != "base_url"},
-    "max_output_tokens": ParamRule("int", 1, 10_000_000),
-    "top_k": ParamRule("int", 1, 1000),
-}
-_OLLAMA_PARAMS = {
-    **{k: v for k, v in _COMMON_PARAMS.items() if k not in ("api_key", "max_tokens", "max_retries")},
-    "num_predict": ParamRule("int", -2, 10_000_000),
-    "num_ctx": ParamRule("int", 1, 10_000_000),
-    "top_k": ParamRule("int", 1, 1000),
-}
-
-# Names that route traffic or carry code/objects: refused with a reason, whatever the connector.
-FORBIDDEN_PARAMS = frozenset(
-    {
-        "http_client",
-        "http_async_client",
-        "client",
-        "async_client",
-        "root_client",
-        "root_async_client",
-        "callbacks",
-        "callback_manager",
-        "cache",
-        "rate_limiter",
-        "openai_proxy",
-        "groq_proxy",
-        "http_proxy",
-        "proxy",
-        "proxies",
-        "default_headers",
-        "default_query",
-        "custom_get_token_ids",
-        "metadata",
-        "tags",
-        "model_kwargs",
-        "extra_body",
-        "http_socket_options",
-        "tiktoken_model_name",
-        "verbose",
-        "profile",
-        "disabled_params",
-    }
-)
-# Aliases the providers also accept: refused, so a key or URL can only come in by its one checked name.
-_ALIASES = {
-    "openai_api_key": "api_key",
-    "groq_api_key": "api_key",
-    "google_api_key": "api_key",
-    "openai_api_base": "base_url",
-    "groq_api_base": "base_url",
-    "api_base": "base_url",
-    "endpoint": "base_url",
-    "azure_endpoint": "base_url",
-    "model_name": "model",
-    "request_timeout": "timeout",
-    "stop_sequences": "stop",
-    "openai_organization": "organization",
-}
+# How a class's requests leave the process:
+# - "httpx": its SDK takes our httpx client (guarded, capped, proxied), async `ainvoke`;
+# - "own-client": its SDK keeps a client of its own (not loop-safe across runs): sync `invoke` on our threads;
+# - "boto3": an AWS SDK client we build (the Lambda role's credentials): sync `invoke` on our threads.
+Transport = Literal["httpx", "own-client", "boto3"]
 
 
 @dataclass(frozen=True)
@@ -166,51 +47,110 @@ class ConnectorSpec:
 
     module: str
     attribute: str
-    # The provider's own env variable for its key (None when the provider needs no key).
+    # The provider's own env variable for its key (None when the provider needs no key or uses AWS's chain).
     key_env: str | None
-    params: Mapping[str, ParamRule] = field(default_factory=lambda: dict(_COMMON_PARAMS))
+    params: Mapping[str, ParamRule] = field(default_factory=lambda: dict(COMMON_PARAMS))
     # The provider's built-in endpoint, passed explicitly when a request names none (so no SDK reads a base
     # URL from env by itself); None when the class has no URL parameter.
     default_base_url: str | None = None
     # False for classes a deployer added by env: they never get a deployment key.
     builtin: bool = True
+    # The request param that names the endpoint (guarded like any URL), if a request may set one.
+    url_param: str | None = "base_url"
+    # The env variable a deployer sets to move the built-in endpoint (e.g. ANTHROPIC_BASE_URL).
+    url_env: str | None = None
+    # The constructor field the endpoint is passed in (when it differs from `url_param`).
+    url_field: str | None = None
+    transport: Transport = "httpx"
+    # Request params that carry a credential (a request with one of them brings its own key).
+    key_params: tuple[str, ...] = ("api_key",)
 
     @property
     def canonical(self) -> str:
         """The spec's module path and class name."""
         return f"{self.module}.{self.attribute}"
 
+    def deployment_url(self) -> str | None:
+        """The endpoint this deployment uses for the class when a request names none."""
+        return (os.environ.get(self.url_env) if self.url_env else None) or self.default_base_url
+
 
 _OPENAI = ConnectorSpec(
-    "langchain_openai", "ChatOpenAI", "OPENAI_API_KEY", _OPENAI_PARAMS, "https://api.openai.com/v1"
+    "langchain_openai", "ChatOpenAI", "OPENAI_API_KEY", OPENAI_PARAMS, "https://api.openai.com/v1"
 )
-_GROQ = ConnectorSpec("langchain_groq", "ChatGroq", "GROQ_API_KEY", _GROQ_PARAMS, "https://api.groq.com")
-_GOOGLE = ConnectorSpec("langchain_google_genai", "ChatGoogleGenerativeAI", "GOOGLE_API_KEY", _GOOGLE_PARAMS)
-_OLLAMA = ConnectorSpec("langchain_ollama", "ChatOllama", None, _OLLAMA_PARAMS)
+_AZURE = ConnectorSpec(
+    "langchain_openai",
+    "AzureChatOpenAI",
+    "AZURE_OPENAI_API_KEY",
+    AZURE_PARAMS,
+    None,
+    url_param="azure_endpoint",
+    url_env="AZURE_OPENAI_ENDPOINT",
+    key_params=("api_key", "azure_ad_token"),
+)
+_GROQ = ConnectorSpec("langchain_groq", "ChatGroq", "GROQ_API_KEY", GROQ_PARAMS, "https://api.groq.com")
+_ANTHROPIC = ConnectorSpec(
+    "langchain_anthropic",
+    "ChatAnthropic",
+    "ANTHROPIC_API_KEY",
+    ANTHROPIC_PARAMS,
+    "https://api.anthropic.com",
+    url_param=None,
+    url_env="ANTHROPIC_BASE_URL",
+    url_field="base_url",
+    transport="own-client",
+)
+_BEDROCK = ConnectorSpec(
+    "langchain_aws", "ChatBedrockConverse", None, BEDROCK_PARAMS, None, url_param=None, transport="boto3"
+)
+_GOOGLE = ConnectorSpec(
+    "langchain_google_genai", "ChatGoogleGenerativeAI", "GOOGLE_API_KEY", GOOGLE_PARAMS, url_param=None
+)
+_OLLAMA = ConnectorSpec("langchain_ollama", "ChatOllama", None, OLLAMA_PARAMS)
 
 _BUILTIN: dict[str, ConnectorSpec] = {
     "langchain_openai.chat_models.ChatOpenAI": _OPENAI,
     "langchain_openai.ChatOpenAI": _OPENAI,
+    "langchain_openai.chat_models.AzureChatOpenAI": _AZURE,
+    "langchain_openai.AzureChatOpenAI": _AZURE,
     "langchain_groq.chat_models.ChatGroq": _GROQ,
     "langchain_groq.ChatGroq": _GROQ,
 }
 _OPTIONAL: dict[str, ConnectorSpec] = {
+    "langchain_aws.ChatBedrockConverse": _BEDROCK,
+    "langchain_aws.chat_models.ChatBedrockConverse": _BEDROCK,
+    "langchain_aws.chat_models.bedrock_converse.ChatBedrockConverse": _BEDROCK,
+    "langchain_anthropic.ChatAnthropic": _ANTHROPIC,
+    "langchain_anthropic.chat_models.ChatAnthropic": _ANTHROPIC,
     "langchain_google_genai.chat_models.ChatGoogleGenerativeAI": _GOOGLE,
     "langchain_google_genai.ChatGoogleGenerativeAI": _GOOGLE,
     "langchain_ollama.chat_models.ChatOllama": _OLLAMA,
     "langchain_ollama.ChatOllama": _OLLAMA,
+}
+# `connector.model` = "<provider>:<model>", with the provider names of LangChain's `init_chat_model`.
+PROVIDERS: dict[str, str] = {
+    "openai": "langchain_openai.ChatOpenAI",
+    "azure_openai": "langchain_openai.AzureChatOpenAI",
+    "groq": "langchain_groq.ChatGroq",
+    "anthropic": "langchain_anthropic.ChatAnthropic",
+    "bedrock_converse": "langchain_aws.ChatBedrockConverse",
+    "google_genai": "langchain_google_genai.ChatGoogleGenerativeAI",
+    "ollama": "langchain_ollama.ChatOllama",
 }
 
 
 def allowlist() -> dict[str, ConnectorSpec]:
     """The class paths a payload may name: built-ins, installed optional providers, env additions."""
     allowed = dict(_BUILTIN)
+    installed: dict[str, bool] = {}
     for path, spec in _OPTIONAL.items():
-        if importlib.util.find_spec(spec.module) is not None:
+        if spec.module not in installed:
+            installed[spec.module] = importlib.util.find_spec(spec.module) is not None
+        if installed[spec.module]:
             allowed[path] = spec
     for raw in os.environ.get("FAIR_RUNNERS_ALLOWED_CONNECTORS", "").split(","):
         path = raw.strip()
-        if path and _DOTTED.match(path):
+        if path and _DOTTED.match(path) and path not in allowed:
             module, _, attribute = path.rpartition(".")
             allowed[path] = ConnectorSpec(module, attribute, None, builtin=False)
     return allowed
@@ -233,6 +173,26 @@ def resolve_spec(class_path: str) -> ConnectorSpec:
             ],
         )
     return spec
+
+
+def resolve_model_string(model: str) -> tuple[str, str]:
+    """`"provider:model"` -> (class path, model name), split at the first colon; `InvalidRequest` when
+    the provider is not one this deployment has (no other provider string is accepted)."""
+    provider, sep, name = model.partition(":")
+    allowed = allowlist()
+    available = sorted(p for p, path in PROVIDERS.items() if path in allowed)
+    class_path = PROVIDERS.get(provider)
+    if not sep or not name or class_path is None or class_path not in allowed:
+        why = (
+            "must be '<provider>:<model>'"
+            if not sep or not name
+            else f"provider {provider!r} is not available"
+        )
+        raise InvalidRequest(
+            f"connector.model: {why}",
+            [{"loc": "connector.model", "msg": f"{why}; providers here: {', '.join(available)}"}],
+        )
+    return class_path, name
 
 
 def load_chat_model_class(spec: ConnectorSpec) -> type[Any]:
@@ -270,9 +230,11 @@ def check_params(spec: ConnectorSpec, params: Mapping[str, Any]) -> None:
         rule = spec.params.get(key)
         if rule is None:
             if key in FORBIDDEN_PARAMS or key.startswith("_"):
-                msg = "not allowed in a request (it takes objects, routes traffic or adds headers)"
-            elif key in _ALIASES and _ALIASES[key] in spec.params:
-                msg = f"not accepted under this name: use connector.params.{_ALIASES[key]}"
+                msg = (
+                    "not allowed in a request (it takes objects, routes traffic, adds headers or credentials)"
+                )
+            elif key in ALIASES and ALIASES[key] in spec.params:
+                msg = f"not accepted under this name: use connector.params.{ALIASES[key]}"
             else:
                 allowed = ", ".join(sorted(spec.params))
                 msg = f"not an allowed parameter for {spec.canonical}; allowed: {allowed}"

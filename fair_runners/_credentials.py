@@ -8,8 +8,9 @@ never the key):
   unset.
 - `LLM_API_KEY` (or its secret): only the class env `LLM_KEY_CONNECTOR` names (default ChatOpenAI), at env
   `LLM_BASE_URL` or that class's built-in endpoint.
-- a provider's own variable (`OPENAI_API_KEY`, `GROQ_API_KEY`, ...): only its own class at its built-in
-  endpoint.
+- a provider's own variable (`OPENAI_API_KEY`, `GROQ_API_KEY`, `ANTHROPIC_API_KEY`, ...): only its own
+  class at its built-in endpoint (or the one its deployer variable names: `ANTHROPIC_BASE_URL`);
+  `AZURE_OPENAI_API_KEY` only to env `AZURE_OPENAI_ENDPOINT`, never used when that is unset.
 
 Classes added with `FAIR_RUNNERS_ALLOWED_CONNECTORS` get no deployment key. The runners pass `api_key` and
 `base_url` to every SDK explicitly, so no SDK reads a key or a base URL from the environment by itself.
@@ -93,19 +94,23 @@ class KeyRing:
         key_class = env.get("LLM_KEY_CONNECTOR") or DEFAULT_KEY_CONNECTOR
         spec = specs.get(key_class)
         if llm_key and spec is not None and spec.builtin:
-            llm_url = env.get("LLM_BASE_URL") or None
-            origin = operator_origin or origin_of(llm_url) or origin_of(spec.default_base_url)
-            base = None if operator_origin else (llm_url or spec.default_base_url)
-            keys.append(DeploymentKey("LLM_API_KEY", llm_key, "llm", spec.canonical, origin, base))
+            llm_url = (env.get("LLM_BASE_URL") or None) if spec.url_param else None
+            home = llm_url or spec.deployment_url()
+            origin = operator_origin or origin_of(home)
+            if origin or spec.url_param is None:
+                base = None if operator_origin else home
+                keys.append(DeploymentKey("LLM_API_KEY", llm_key, "llm", spec.canonical, origin, base))
         seen: set[str] = set()
         for spec in specs.values():
             if not spec.builtin or spec.key_env is None or spec.canonical in seen:
                 continue
             seen.add(spec.canonical)
             value = env.get(spec.key_env)
-            if value:
-                origin = operator_origin or origin_of(spec.default_base_url)
-                base = None if operator_origin else spec.default_base_url
+            home = spec.deployment_url()
+            if value and (home or operator_origin or spec.url_env is None):
+                # A class whose endpoint only a deployer names (Azure) gets its key only where that is set.
+                origin = operator_origin or origin_of(home)
+                base = None if operator_origin else home
                 keys.append(DeploymentKey(spec.key_env, value, "llm", spec.canonical, origin, base))
         return cls(tuple(keys))
 

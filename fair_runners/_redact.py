@@ -33,7 +33,18 @@ _MIN_RUN = 8
 # _GRAM: looking for those pieces (a fast substring test) finds every place a run may start.
 _GRAM = 4
 # Env variables whose values are always secrets.
-SECRET_ENV = ("ALQUIMIA_API_KEY", "LLM_API_KEY", "OPENAI_API_KEY", "GROQ_API_KEY", "GOOGLE_API_KEY")
+SECRET_ENV = (
+    "ALQUIMIA_API_KEY",
+    "LLM_API_KEY",
+    "OPENAI_API_KEY",
+    "GROQ_API_KEY",
+    "GOOGLE_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "AZURE_OPENAI_API_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_BEARER_TOKEN_BEDROCK",
+)
 
 # Shapes of credentials worth hiding even when they were never registered (a backend echoing another key).
 _PATTERNS = re.compile(
@@ -226,7 +237,11 @@ def secrets_in_payload(payload: Any) -> list[str]:
     connector = payload.get("connector")
     params = connector.get("params") if isinstance(connector, dict) else None
     if isinstance(params, dict):
-        found += [v for k, v in params.items() if isinstance(v, str) and "key" in str(k).lower()]
+        found += [
+            v
+            for k, v in params.items()
+            if isinstance(v, str) and any(w in str(k).lower() for w in ("key", "token"))
+        ]
     return found
 
 

@@ -62,6 +62,7 @@ class PreparedRun:
                 timeout=httpx.Timeout(self.options.turn_timeout_s, connect=connect_s),
                 max_connections=self.options.max_concurrency,
                 max_answer_bytes=self.settings.max_answer_bytes,
+                transport=self._runner_args["transport"],
             )
         from .runners.alquimia import AlquimiaRunner
 
@@ -196,35 +197,50 @@ def _prepare_alquimia(request: RunRequest, redactor: Redactor, keys: KeyRing) ->
 
 
 def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict[str, Any]:
-    from ._connectors import check_params, load_chat_model_class, resolve_spec
+    from ._connectors import check_params, load_chat_model_class, resolve_model_string, resolve_spec
 
     connector = request.connector
     assert connector is not None
-    spec = resolve_spec(connector.class_path)  # before any import
     params = dict(connector.params)
-    if isinstance(params.get("api_key"), str):
-        redactor.add(params["api_key"])
+    if connector.model is not None:
+        class_path, params["model"] = resolve_model_string(connector.model)
+    else:
+        assert connector.class_path is not None
+        class_path = connector.class_path
+    spec = resolve_spec(class_path)  # before any import
+    for name in spec.key_params:
+        if isinstance(params.get(name), str):
+            redactor.add(params[name])
     check_params(spec, params)
-    asked_url = params.get("base_url") or None
-    if not params.get("api_key") and spec.key_env is not None:
+    url_param = spec.url_param
+    asked_url = (params.get(url_param) or None) if url_param else None
+    if spec.key_env is not None and not any(params.get(name) for name in spec.key_params):
         bound = keys.for_llm(spec, asked_url)
         if bound is None:
             where = (
-                "a connector.params.base_url of your own"
+                f"a connector.params.{url_param} of your own"
                 if asked_url
                 else f"connector.class_path {spec.canonical}"
             )
             problem = _bring_your_key("connector.params.api_key", where, keys, "llm")
             raise InvalidRequest("connector.params.api_key is missing", [problem])
         params["api_key"] = bound.value
-        if not asked_url and bound.base_url:
-            params["base_url"] = bound.base_url
-    if "base_url" in spec.params and not params.get("base_url") and spec.default_base_url:
-        params["base_url"] = spec.default_base_url  # explicit, so no SDK reads a base URL from env
+        if not asked_url and url_param and bound.base_url:
+            params[url_param] = bound.base_url
+    # The endpoint is always passed explicitly, so no SDK reads a base URL from env by itself.
+    endpoint = spec.deployment_url()
+    if url_param and not params.get(url_param) and endpoint:
+        params[url_param] = endpoint
+    elif spec.url_field and endpoint:
+        params[spec.url_field] = endpoint  # a deployer's choice (the request cannot name one)
     if params.get("api_key"):
         redactor.add(params["api_key"])
     model_class = load_chat_model_class(spec)
-    if not params.get("api_key") and not spec.builtin and _takes_a_key(model_class):
+    if (
+        not any(params.get(name) for name in spec.key_params)
+        and not spec.builtin
+        and _takes_a_key(model_class)
+    ):
         # A class the deployer added gets no deployment key, and its SDK must not find one in env by itself.
         problem = _missing(
             "connector.params.api_key",
@@ -234,9 +250,11 @@ def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict
         raise InvalidRequest("connector.params.api_key is missing", [problem])
     from .runners.llm import check_model  # LangChain, only once the class_path has passed
 
-    check_model(model_class, params)
-    urls = [(params["base_url"], "connector.params.base_url")] if params.get("base_url") else []
-    return {"model_class": model_class, "params": params, "urls": urls}
+    check_model(model_class, params, spec.transport)
+    urls = []
+    if url_param and params.get(url_param):
+        urls.append((params[url_param], f"connector.params.{url_param}"))
+    return {"model_class": model_class, "params": params, "urls": urls, "transport": spec.transport}
 
 
 def _takes_a_key(model_class: type[Any]) -> bool:

@@ -75,12 +75,29 @@ class AlquimiaConfig(BaseModel):
 
 
 class ConnectorConfig(BaseModel):
-    """Target of the LLM runner: an allowlisted LangChain chat model and its constructor params."""
+    """Target of the LLM runner: an allowlisted LangChain chat model and its constructor params.
+
+    The class is named by `class_path` (`langchain_openai.ChatOpenAI`) or by `model`, the spelling of
+    LangChain's `init_chat_model` (`"openai:gpt-4o-mini"`, `"bedrock_converse:anthropic.claude-..."`):
+    exactly one of the two.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    class_path: str = Field(min_length=1)
+    class_path: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=3, max_length=2100)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_class(self) -> ConnectorConfig:
+        if (self.class_path is None) == (self.model is None):
+            raise ValueError(
+                "give exactly one of `class_path` (a LangChain class path) and `model` "
+                "('<provider>:<model>', as LangChain's init_chat_model spells it)"
+            )
+        if self.model is not None and "model" in self.params:
+            raise ValueError("`params.model` cannot stand beside `connector.model`: the model is named once")
+        return self
 
 
 class RunOptions(BaseModel):

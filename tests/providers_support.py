@@ -15,8 +15,8 @@ from langchain_openai import AzureChatOpenAI
 
 from fair_runners.testing import LoopbackServer
 
-ANTHROPIC_KEY = "test-anthropic-key"
-AZURE_KEY = "test-azure-key"
+ANTHROPIC_KEY = "demo-ant-key-Qw73Hs2Kd9Lp"
+AZURE_KEY = "demo-azr-key-Mx41Tb8Fe3Vn"
 MODEL_ARN = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-v1:0"
 CONVERSATION: list[BaseMessage] = [
     SystemMessage(content="You are terse."),

@@ -227,8 +227,6 @@ CLASS_PATH_TRICKS = [
     "langchain_openai.chat_models.ChatOpenAI.model_validate",
     "langchain_openai.ChatOpenAI.__class__",
     "langchain_openai.chat_models.base.ChatOpenAI",
-    "langchain_openai.AzureChatOpenAI",
-    "langchain_openai.chat_models.AzureChatOpenAI",
     "langchain_community.chat_models.ChatOpenAI",
     "langchain_core.language_models.chat_models.BaseChatModel",
     "langchain_core.language_models.fake_chat_models.FakeListChatModel",

@@ -104,6 +104,9 @@ def test_policies_are_least_privilege(template: dict[str, Any]) -> None:
     actions = {str(s["Action"]) for s in _statements(runner)}
     assert "states:StartExecution" in actions
     assert "secretsmanager:GetSecretValue" in actions and "ssm:GetParameter" in actions
+    bedrock = next(s for s in _statements(runner) if s.get("Sid") == "BedrockInvokeListedModels")
+    assert bedrock["Action"] == "bedrock:InvokeModel" and bedrock["Resource"] == {"Ref": "BedrockModelArns"}
+    assert template["Parameters"]["BedrockModelArns"]["Default"] == ""  # no Bedrock access unless listed
     merge = resources["MergeFunction"]["Properties"]["Policies"]
     assert merge == [{"S3CrudPolicy": {"BucketName": {"Ref": "ResultsBucket"}}}]
 

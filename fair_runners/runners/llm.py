@@ -5,6 +5,11 @@ is built inside the running event loop with an `httpx.AsyncClient` owned by this
 module-level cached client would outlive the loop of a warm Lambda): httpx-aiohttp over the run's guarded
 aiohttp session (`_http.ProviderTransport`), with the provider's own retries off unless the caller set
 `max_retries` (the engine's retry policy owns retries). A turn is one public `ainvoke` call.
+
+Two kinds of class cannot take that client: ChatAnthropic keeps an SDK client of its own (bound to the first
+event loop it met, so a warm Lambda's next run could not use it), and ChatBedrockConverse calls boto3, which
+is synchronous. Their turns run the model's public `invoke` on a thread pool of the run's own, sized to its
+concurrency (`_threaded.ThreadedInvoker`), each call bounded by the client's timeout, retries off.
 """
 
 from __future__ import annotations
@@ -18,18 +23,13 @@ from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import ValidationError
 
-from .._errors import (
-    BackendError,
-    InvalidRequest,
-    PermanentBackendError,
-    TransientBackendError,
-    TurnTimeout,
-    backend_error_from_status,
-    parse_retry_after,
-)
+from .._connectors import Transport
+from .._errors import EmptyAnswer, InvalidRequest, PermanentBackendError
 from ._base import TurnInput, TurnOutput
 from ._http import MIB, ProviderTransport
+from ._provider_errors import classify_provider_error
 from ._session import guarded_session
+from ._threaded import ThreadedInvoker
 
 _MAX_MESSAGE = 400
 
@@ -49,10 +49,10 @@ class _NoAsyncTransport(httpx.AsyncBaseTransport):
         raise PermanentBackendError("this model was built to check its params, not to send requests")
 
 
-def check_model(model_class: type[Any], params: dict[str, Any]) -> None:
+def check_model(model_class: type[Any], params: dict[str, Any], transport: Transport = "httpx") -> None:
     """Build the model once with clients that send nothing, so params the class itself refuses are an
     `InvalidRequest` when the request is prepared (and not a failure of every turn later)."""
-    runner = LLMRunner(model_class, params, timeout=httpx.Timeout(60.0))
+    runner = LLMRunner(model_class, params, timeout=httpx.Timeout(60.0), transport=transport)
     runner._build(httpx.AsyncClient(transport=_NoAsyncTransport(), trust_env=False))
 
 
@@ -69,8 +69,11 @@ class LLMRunner:
         timeout: httpx.Timeout,
         max_connections: int = 16,
         max_answer_bytes: int = 2 * MIB,
+        transport: Transport = "httpx",
     ) -> None:
         self.model_class = model_class
+        self.transport = transport
+        self._invoker: ThreadedInvoker | None = None
         self._params = dict(params)
         self._timeout = timeout
         self._max_connections = max_connections
@@ -90,6 +93,8 @@ class LLMRunner:
         except BaseException:
             await self._close()
             raise
+        if self.transport != "httpx":
+            self._invoker = ThreadedInvoker(self._max_connections)
         return self
 
     async def __aexit__(
@@ -101,6 +106,9 @@ class LLMRunner:
         await self._close()
 
     async def _close(self) -> None:
+        if self._invoker is not None:
+            self._invoker.close()  # without waiting: each running call ends at its client's timeout
+            self._invoker = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -111,14 +119,27 @@ class LLMRunner:
     def _build(self, http: httpx.AsyncClient) -> BaseChatModel:
         fields = getattr(self.model_class, "model_fields", {})
         params = dict(self._params)
-        if "http_async_client" in fields:
-            params["http_async_client"] = http
-        if "http_client" in fields:
-            params["http_client"] = httpx.Client(transport=_NoSyncTransport(), trust_env=False)
-        if "max_retries" in fields and "max_retries" not in params:
-            params["max_retries"] = 0
-        if "request_timeout" in fields and not {"timeout", "request_timeout"} & params.keys():
-            params["timeout"] = self._timeout.read
+        if self.transport == "boto3":
+            # Clients of our own (timeouts, one attempt, a pool as large as the run's concurrency); neither
+            # `timeout` nor `max_retries` may be set beside them (the model would drop the config's limits).
+            from ._bedrock import bedrock_clients
+
+            read = self._timeout.read or 60.0
+            connect = self._timeout.connect or read
+            params["client"], params["bedrock_client"] = bedrock_clients(
+                params.get("region_name"), read, connect, self._max_connections + 4
+            )
+        else:
+            if "http_async_client" in fields:
+                params["http_async_client"] = http
+            if "http_client" in fields:
+                params["http_client"] = httpx.Client(transport=_NoSyncTransport(), trust_env=False)
+            if "max_retries" in fields and "max_retries" not in params:
+                params["max_retries"] = 0
+            if not {"timeout", "request_timeout", "default_request_timeout"} & params.keys() and (
+                {"request_timeout", "default_request_timeout"} & fields.keys()
+            ):
+                params["timeout"] = self._timeout.read
         try:
             model = self.model_class(**params)
         except ValidationError as exc:
@@ -158,13 +179,14 @@ class LLMRunner:
             messages.append(AIMessage(content=answer))
         messages.append(HumanMessage(content=turn.batch.query))
         try:
-            reply = await self.model.ainvoke(messages)
+            if self._invoker is not None:
+                reply = await self._invoker.ainvoke(self.model, messages)
+            else:
+                reply = await self.model.ainvoke(messages)
         except Exception as exc:
-            raise classify_exception(exc) from None
+            raise classify_provider_error(exc) from None
         content = _text_of(reply)
         if not content.strip():
-            from .._errors import EmptyAnswer
-
             raise EmptyAnswer("the model returned an empty answer")
         usage = getattr(reply, "usage_metadata", None) or {}
         return TurnOutput(
@@ -192,30 +214,3 @@ def _text_of(reply: Any) -> str:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().replace("\n", " ")
     return text[:_MAX_MESSAGE] if text else type(exc).__name__
-
-
-def classify_exception(exc: BaseException) -> BackendError:
-    """Map a provider SDK exception (OpenAI, Groq, httpx, ...) to the engine's error families.
-
-    The SDKs wrap transport errors (the OpenAI SDK raises `APIConnectionError` from whatever the transport
-    raised), so a `BackendError` anywhere in the cause chain (a reply over the size cap) wins."""
-    link: BaseException | None = exc
-    seen = 0
-    while link is not None and seen < 16:
-        if isinstance(link, BackendError):
-            return link
-        link = link.__cause__ or link.__context__
-        seen += 1
-    name = type(exc).__name__
-    message = f"{name}: {_short(exc)}"
-    status = getattr(exc, "status_code", None)
-    if isinstance(status, int):
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        retry_after = parse_retry_after(headers.get("retry-after")) if headers is not None else None
-        return backend_error_from_status(status, message, retry_after)
-    if isinstance(exc, httpx.TimeoutException | TimeoutError) or "Timeout" in name:
-        return TurnTimeout(message)
-    if isinstance(exc, httpx.TransportError | ConnectionError) or "Connection" in name:
-        return TransientBackendError(message)
-    return PermanentBackendError(message)

@@ -8,17 +8,25 @@ Needs the `local` extra (uvicorn, Starlette). Never imported by the Lambda handl
   truncated bodies, key echoes, odd SSE fields, ...), for hardening tests.
 - `LoopbackServer`: serves any of them on 127.0.0.1 in a background thread (HTTPS too).
 - `ForwardProxy`: a forward HTTP proxy (absolute-form and CONNECT, Basic auth, a log), for proxy tests.
+- `BedrockEmulator`, `AnthropicEmulator`, `AzureOpenAIEmulator`: the Bedrock Converse REST API, the
+  Anthropic Messages API and Azure OpenAI's deployment paths, for the real LangChain classes.
 """
 
 from ._faults import Fault
 from ._server import LoopbackServer
 from .alquimia_agent import AlquimiaAgent
+from .anthropic_api import AnthropicEmulator
+from .azure_openai import AzureOpenAIEmulator
+from .bedrock import BedrockEmulator
 from .hostile import HostileBackend, HostileMode
 from .openai_compat import OpenAICompatServer
 from .proxy import ForwardProxy
 
 __all__ = [
     "AlquimiaAgent",
+    "AnthropicEmulator",
+    "AzureOpenAIEmulator",
+    "BedrockEmulator",
     "Fault",
     "ForwardProxy",
     "HostileBackend",

@@ -61,7 +61,7 @@ class AnthropicEmulator:
     logs every call (thread-safe appends); `in_flight` / `peak_in_flight` count calls answered at once.
     """
 
-    api_key: str | None = "test-anthropic-key"
+    api_key: str | None = "demo-ant-key-Qw73Hs2Kd9Lp"
     latency_s: float = 0.0
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -236,7 +236,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Local Anthropic Messages API on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8768)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default="test-anthropic-key")
+    parser.add_argument("--api-key", default="demo-ant-key-Qw73Hs2Kd9Lp")
     args = parser.parse_args()
     import uvicorn
 

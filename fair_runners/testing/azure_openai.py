@@ -62,7 +62,7 @@ class AzureOpenAIEmulator:
     answered at once.
     """
 
-    api_key: str | None = "test-azure-key"
+    api_key: str | None = "demo-azr-key-Mx41Tb8Fe3Vn"
     latency_s: float = 0.0
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -234,7 +234,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Local Azure OpenAI endpoint on 127.0.0.1")
     parser.add_argument("--port", type=int, default=8769)
     parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--api-key", default="test-azure-key")
+    parser.add_argument("--api-key", default="demo-azr-key-Mx41Tb8Fe3Vn")
     args = parser.parse_args()
     import uvicorn
 
