@@ -195,7 +195,8 @@ async def run_sessions(
             while True:
                 await limiter.acquire()
                 if pacer is not None:
-                    tally.queue_wait_s += await pacer.acquire(estimated)
+                    waited = await pacer.acquire(estimated)  # (not `+= await`: that loses updates)
+                    tally.queue_wait_s += waited
                 tally.attempts += 1
                 try:
                     async with http.post(f"{url}/v1/chat/completions", data=payload) as response:
@@ -275,7 +276,8 @@ async def simulate(scenario: Scenario) -> dict[str, Any]:
         snapshot = asdict(pacer.snapshot()) if pacer is not None else None
         if pacer is not None:
             await pacer.aclose()
-    return summary(scenario, gate, wall, tally, queue_wait_s=round(tally.queue_wait_s, 1), pacer=snapshot)
+    mean_wait = tally.queue_wait_s / max(1, tally.attempts)
+    return summary(scenario, gate, wall, tally, mean_queue_wait_s=round(mean_wait, 3), pacer=snapshot)
 
 
 # -- one budget shared by several processes (invocations) through DynamoDB (moto) -------------------------
@@ -318,7 +320,16 @@ class AtomicMotoServer:
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self._thread.start()
+        self.reset()
         return self
+
+    def reset(self) -> None:
+        """Empty every table (moto's state is per process, shared by every server and mock in it)."""
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
 
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
@@ -357,12 +368,16 @@ def create_rate_table(client: Any, name: str) -> None:
 
 
 def shared_worker(
-    index: int, processes: int, scenario: Scenario, gate_url: str, moto_url: str, barrier: Any, results: Any
+    index: int, processes: int, scenario: Scenario, urls: Any, barrier: Any, results: Any
 ) -> None:
-    """One invocation: its share of the sessions, paced by a `Pacer` on the shared budget."""
+    """One invocation: its share of the sessions, paced by a `Pacer` on the shared budget.
+
+    Started before the servers are up (its imports overlap theirs): `urls` brings (gate, moto) URLs.
+    """
     share, extra = divmod(scenario.sessions, processes)
     first = index * share + min(index, extra)
     count = share + (1 if index < extra else 0)
+    gate_url, moto_url = urls.get(timeout=120)
     client = dynamodb_client(moto_url)
     shared = SharedBudget("bench-bucket", fan_out=processes, table="rates", client=client)
     barrier.wait()
@@ -388,29 +403,39 @@ def shared_worker(
 
 
 def simulate_shared(
-    *, processes: int = 8, scale: float = 1.0, sessions: int = 400, turns: int = 3, rpm: float = 1200
+    *,
+    processes: int = 8,
+    scale: float = 1.0,
+    sessions: int = 400,
+    turns: int = 3,
+    rpm: float = 1200,
+    start_method: str = "spawn",
 ) -> dict[str, Any]:
-    """`processes` invocations share one `requests_per_minute` budget (DynamoDB on moto) against one gate."""
+    """`processes` invocations share one `requests_per_minute` budget (DynamoDB on moto) against one gate.
+
+    The workers are started before any server thread runs, so `start_method="fork"` is safe (and saves each
+    worker its imports: the tests use it).
+    """
     import multiprocessing
 
     scenario = Scenario(
         name="shared", sessions=sessions, turns=turns, budget_rpm=rpm, requests_per_minute=rpm
     )
     scenario = scenario.scaled(scale)
-    context = multiprocessing.get_context("spawn")
+    context: Any = multiprocessing.get_context(start_method)
     barrier = context.Barrier(processes + 1)
-    results = context.Queue()
+    urls, results = context.Queue(), context.Queue()
+    workers = [
+        context.Process(target=shared_worker, args=(i, processes, scenario, urls, barrier, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
     gate = gate_for(scenario)
     with AtomicMotoServer() as moto, LoopbackServer(gate) as server:
         create_rate_table(dynamodb_client(moto.url), "rates")
-        workers = [
-            context.Process(
-                target=shared_worker, args=(i, processes, scenario, server.url, moto.url, barrier, results)
-            )
-            for i in range(processes)
-        ]
-        for worker in workers:
-            worker.start()
+        for _ in workers:
+            urls.put((server.url, moto.url))
         barrier.wait(timeout=120)
         start = time.monotonic()
         reports = [results.get(timeout=600) for _ in workers]

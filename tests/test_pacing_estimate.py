@@ -87,7 +87,7 @@ def test_tiktoken_reads_the_very_file_we_check(cache_dir: Path, no_network: list
     assert no_network == []
 
 
-def test_a_corrupt_cached_file_is_not_used_and_nothing_is_fetched(cache_dir: Path, no_network: list[Any]) -> None:
+def test_a_corrupt_cached_file_is_not_used_nor_fetched(cache_dir: Path, no_network: list[Any]) -> None:
     pytest.importorskip("tiktoken")
     path = cache_path(CL100K_URL)
     assert path is not None

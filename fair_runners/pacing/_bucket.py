@@ -111,8 +111,8 @@ class Mirror:
     ) -> None:
         """Take a response's view: `remaining` then, less `unseen` (sent since, not yet counted by it).
 
-        The refill is `(limit - remaining) / reset` when enough is used for that ratio to be precise (headers
-        round), else `limit / window`.
+        The refill is `(limit - remaining) / reset` when that ratio is precise enough (headers round counts
+        to units and times to milliseconds or seconds: at least 10 used and 1 s to go), else `limit / window`.
         """
         if limit is not None and limit > 0:
             self.capacity = limit
@@ -120,7 +120,7 @@ class Mirror:
         if capacity is None:
             return
         used = capacity - remaining if remaining is not None else 0.0
-        if remaining is not None and reset_s and used >= max(2.0, 0.05 * capacity):
+        if remaining is not None and reset_s and reset_s >= 1.0 and used >= 10:
             self.refill = used / reset_s
         elif window_s and self.refill is None:
             self.refill = capacity / window_s

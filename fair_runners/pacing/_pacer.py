@@ -116,7 +116,7 @@ class Pacer:
         self._renewer: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._in_flight_tokens = 0.0
-        self._sends: deque[tuple[float, float]] = deque()  # (time, tokens) over the last minute
+        self._sends: deque[tuple[float, int, float]] = deque()  # (time, requests, tokens), the last minute
         self._first_send: float | None = None
         self._sent = 0
         self._rate_limited = 0
@@ -218,7 +218,7 @@ class Pacer:
         now = time.monotonic()
         self._tokens.adjust(delta, now)
         self._tok_mirror.adjust(delta, now)
-        self._sends.append((now, delta))
+        self._sends.append((now, 0, delta))
 
     def release(self) -> None:
         """An attempt ended (success or failure): it is no longer in flight."""
@@ -234,8 +234,8 @@ class Pacer:
         now = time.monotonic()
         self._prune(now)
         span = max(1.0, min(_STATS_WINDOW_S, now - self._first_send)) if self._first_send is not None else 1.0
-        requests = sum(1 for _, tokens in self._sends if tokens >= 0)
-        tokens = sum(tokens for _, tokens in self._sends)
+        requests = sum(count for _, count, _ in self._sends)
+        tokens = sum(tokens for _, _, tokens in self._sends)
         req_rate, tok_rate = self._rates(now)
         share = self._shared.share() if self._shared is not None else None
         return PaceSnapshot(
@@ -275,7 +275,7 @@ class Pacer:
         self._sent += 1
         if self._first_send is None:
             self._first_send = now
-        self._sends.append((now, cost))
+        self._sends.append((now, 1, cost))
         if self._sends[0][0] < now - _STATS_WINDOW_S:
             self._prune(now)
 

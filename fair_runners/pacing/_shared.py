@@ -219,16 +219,22 @@ class SharedBudget:
         return found if isinstance(found, dict) else None
 
     def _remove_sync(self) -> None:
+        from botocore.exceptions import ClientError
+
         assert self.table is not None
         self.calls += 1
-        self.client.update_item(
-            TableName=self.table,
-            Key={KEY_ATTRIBUTE: {"S": self.bucket}},
-            UpdateExpression="REMOVE holders.#h SET #v = #v + :one",
-            ConditionExpression="attribute_exists(#b)",
-            ExpressionAttributeNames={"#h": self.holder, "#v": "version", "#b": KEY_ATTRIBUTE},
-            ExpressionAttributeValues={":one": {"N": "1"}},
-        )
+        try:
+            self.client.update_item(
+                TableName=self.table,
+                Key={KEY_ATTRIBUTE: {"S": self.bucket}},
+                UpdateExpression="REMOVE holders.#h SET #v = #v + :one",
+                ConditionExpression="attribute_exists(#b)",
+                ExpressionAttributeNames={"#h": self.holder, "#v": "version", "#b": KEY_ATTRIBUTE},
+                ExpressionAttributeValues={":one": {"N": "1"}},
+            )
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":  # the item is gone already: nothing to give
+                raise
         self._item = None
 
     # -- shares -----------------------------------------------------------------------------------------
