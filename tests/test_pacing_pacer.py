@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from fair_runners.pacing import Pacer, RateSignals
+from fair_runners.pacing import Pacer, RateSignals, _pacer
 
 
-def sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Run an async test in its own event loop (the suite's way: `asyncio.run`)."""
+def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in its own event loop (the suite's way: `asyncio.run`); fixtures pass through."""
 
     @functools.wraps(test)
-    def run() -> None:
-        asyncio.run(test())
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
 
     return run
 
@@ -137,6 +137,17 @@ async def test_the_providers_remaining_less_what_is_in_flight_holds_sends() -> N
     assert 0.07 < times[2] < 0.4, times
     snapshot = pacer.snapshot()
     assert snapshot.remaining_requests is not None and snapshot.remaining_requests < 1
+
+
+@sync
+async def test_a_caller_that_never_releases_does_not_stop_the_pacer(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_pacer, "_STATS_WINDOW_S", 0.2)  # "the last minute", shortened
+    pacer = Pacer(requests_per_minute=60_000)
+    for _ in range(50):
+        await pacer.acquire(0)  # never released: 50 "in flight" forever
+    await asyncio.sleep(0.3)
+    pacer.observe(_minute(6000, 20, 598.0))  # 20 left, refilling 10 per second
+    assert await pacer.acquire(0) < 0.05  # not held back by 49 phantom requests in flight
 
 
 @sync

@@ -19,7 +19,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from bench.pacing_sim import AtomicMotoServer, create_rate_table, dynamodb_client
-from fair_runners.pacing import ENV_TABLE, Pacer, SharedBudget, bucket_id
+from fair_runners.pacing import ENV_TABLE, Pacer, RateSignals, SharedBudget, bucket_id
 
 TABLE = "rates"
 
@@ -234,6 +234,43 @@ def test_a_pacer_spends_its_share_steadily(dynamodb: Any) -> None:
     assert snapshot.shared == "table" and snapshot.pace_requests_per_minute == pytest.approx(3000)
     assert 0.45 < times[-1] - times[0] < 1.0  # 25 intervals at 50 per second
     assert _item(dynamodb)["holders"]["M"] == {}  # given back on close
+
+
+def test_a_pacer_on_an_unusable_table_paces_to_an_even_split_and_says_why(dynamodb: Any) -> None:
+    async def scenario() -> tuple[float, Any]:
+        pacer = Pacer(
+            requests_per_minute=6000, shared=SharedBudget("b1", fan_out=2, table="nope", client=dynamodb)
+        )
+        start = time.monotonic()
+        for _ in range(26):
+            await pacer.acquire(0)
+        elapsed = time.monotonic() - start
+        snapshot = pacer.snapshot()
+        await pacer.aclose()
+        return elapsed, snapshot
+
+    elapsed, snapshot = asyncio.run(scenario())
+    assert snapshot.shared == "fallback" and snapshot.pace_requests_per_minute == pytest.approx(3000)
+    assert snapshot.warning is not None and "'nope'" in snapshot.warning
+    assert 0.4 < elapsed < 1.0  # 25 intervals at 50 per second
+
+
+def test_limits_learned_from_headers_are_shared_too(dynamodb: Any) -> None:
+    async def scenario() -> Any:
+        pacer = Pacer(shared=SharedBudget("b1", fan_out=2, table=TABLE, client=dynamodb, holder="me"))
+        await pacer.acquire(0)  # the probe
+        pacer.observe(RateSignals(limit_requests=6000, remaining_requests=5999, window_s=60.0))
+        pacer.release()
+        await pacer.acquire(0)
+        snapshot = pacer.snapshot()
+        holders = _item(dynamodb)["holders"]["M"]
+        await pacer.aclose()
+        return snapshot, holders
+
+    snapshot, holders = asyncio.run(scenario())
+    assert snapshot.shared == "table"
+    assert snapshot.pace_requests_per_minute == pytest.approx(6000 * 0.98 / 2)
+    assert float(holders["me"]["M"]["rpm"]["N"]) == pytest.approx(6000 * 0.98 / 2)
 
 
 def test_the_local_moto_server_makes_conditional_writes_atomic() -> None:

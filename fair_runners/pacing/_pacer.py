@@ -117,6 +117,7 @@ class Pacer:
         self._in_flight = 0
         self._in_flight_tokens = 0.0
         self._sends: deque[tuple[float, int, float]] = deque()  # (time, requests, tokens), the last minute
+        self._recent = 0  # requests in `_sends`
         self._first_send: float | None = None
         self._sent = 0
         self._rate_limited = 0
@@ -161,7 +162,11 @@ class Pacer:
     def observe(self, signals: RateSignals) -> None:
         """Learn limits, remaining and reset from one response's headers (call before `release`)."""
         now = time.monotonic()
-        unseen = max(0, self._in_flight - 1)  # sent after this one, not counted in its `remaining`
+        # Sent after this one and not counted in its `remaining`: the others in flight, at most what was sent
+        # over the last minute (so that a caller that never calls `release` does not stop the pacer).
+        self._prune(now)
+        in_flight = min(self._in_flight, self._recent)
+        unseen = max(0, in_flight - 1)
         unseen_tokens = self._in_flight_tokens * unseen / self._in_flight if self._in_flight else 0.0
         window = signals.window_s
         if signals.limit_requests and window:
@@ -234,7 +239,7 @@ class Pacer:
         now = time.monotonic()
         self._prune(now)
         span = max(1.0, min(_STATS_WINDOW_S, now - self._first_send)) if self._first_send is not None else 1.0
-        requests = sum(count for _, count, _ in self._sends)
+        requests = self._recent
         tokens = sum(tokens for _, _, tokens in self._sends)
         req_rate, tok_rate = self._rates(now)
         share = self._shared.share() if self._shared is not None else None
@@ -276,12 +281,13 @@ class Pacer:
         if self._first_send is None:
             self._first_send = now
         self._sends.append((now, 1, cost))
+        self._recent += 1
         if self._sends[0][0] < now - _STATS_WINDOW_S:
             self._prune(now)
 
     def _prune(self, now: float) -> None:
         while self._sends and self._sends[0][0] < now - _STATS_WINDOW_S:
-            self._sends.popleft()
+            self._recent -= self._sends.popleft()[1]
 
     def _waited_since(self, start: float) -> float:
         waited = time.monotonic() - start
