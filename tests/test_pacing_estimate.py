@@ -123,3 +123,14 @@ def test_tiktoken_count_from_a_cached_encoding(cache_dir: Path, no_network: list
 def test_very_long_prompts_skip_tiktoken(cache_dir: Path) -> None:
     text = "word " * 50_000  # 250,000 characters
     assert estimate_tokens([text], max_tokens=None, model="gpt-4") == math.ceil(len(text) / 4) + 7
+
+
+def test_importing_the_pacing_package_loads_neither_boto3_nor_tiktoken() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fair_runners.pacing; print(sorted({'boto3', 'botocore', 'tiktoken'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"

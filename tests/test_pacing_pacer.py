@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from fair_runners.pacing import Pacer, RateSignals, _pacer
+from fair_runners.pacing import Pacer, RateSignals, _stats
 
 
 def sync(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -141,7 +141,7 @@ async def test_the_providers_remaining_less_what_is_in_flight_holds_sends() -> N
 
 @sync
 async def test_a_caller_that_never_releases_does_not_stop_the_pacer(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_pacer, "_STATS_WINDOW_S", 0.2)  # "the last minute", shortened
+    monkeypatch.setattr(_stats, "WINDOW_S", 0.2)  # "the last minute", shortened
     pacer = Pacer(requests_per_minute=60_000)
     for _ in range(50):
         await pacer.acquire(0)  # never released: 50 "in flight" forever

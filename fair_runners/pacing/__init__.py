@@ -12,8 +12,10 @@ Importing this package imports neither boto3 nor tiktoken.
 
 from ._estimate import estimate_tokens
 from ._headers import RateSignals, parse_rate_headers
-from ._pacer import Pacer, PaceSnapshot
-from ._shared import ENV_TABLE, KEY_ATTRIBUTE, TTL_ATTRIBUTE, Share, SharedBudget, bucket_id
+from ._ledger import KEY_ATTRIBUTE, TTL_ATTRIBUTE, bucket_id
+from ._pacer import Pacer
+from ._shared import ENV_TABLE, Share, SharedBudget
+from ._stats import PaceSnapshot
 
 __all__ = [
     "ENV_TABLE",

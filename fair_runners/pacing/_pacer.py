@@ -30,14 +30,13 @@ import contextlib
 import enum
 import math
 import time
-from collections import deque
-from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
 from ._bucket import Mirror, Schedule
 from ._headers import RateSignals
 from ._shared import SharedBudget
+from ._stats import PaceSnapshot, SendLog
 
 HEADROOM = 0.98  # learned limits are paced this much under (the provider's clock and ours differ a little)
 SLOWDOWN = 0.8  # a 429 multiplies the pace by this ...
@@ -45,35 +44,12 @@ MIN_FACTOR = 0.25  # ... down to this
 RECOVERY_PER_S = 0.1  # and every second without one gives this much back
 _DECREASE_INTERVAL_S = 1.0
 _RECHECK_S = 0.25  # a waiting send re-reads the state this often (limits and leases change)
-_STATS_WINDOW_S = 60.0
 
 
 class _Mode(enum.Enum):
     PROBE = "probe"  # nothing known yet: the first attempt goes alone
     FREE = "free"  # no budget and no headers: only 429 pauses apply
     PACED = "paced"
-
-
-@dataclass(frozen=True)
-class PaceSnapshot:
-    """The pacer's state for progress and metrics."""
-
-    requests_per_minute: float  # sent over the last minute (scaled when the run is younger)
-    tokens_per_minute: float  # estimated tokens sent, corrected by `settle`, same window
-    backing_off: bool  # a Retry-After pause runs, or the pace is still slowed after a 429
-    pace_requests_per_minute: float | None  # the pace applied now (None: requests not paced)
-    pace_tokens_per_minute: float | None
-    limit_requests_per_minute: float | None  # learned from headers
-    limit_tokens_per_minute: float | None
-    remaining_requests: float | None  # the provider's bucket as modelled now
-    remaining_tokens: float | None
-    mode: str  # "probe", "free" or "paced"
-    in_flight: int
-    sent: int
-    rate_limited: int  # 429s reported through `on_rate_limited`
-    waited_s: float  # total time spent waiting in `acquire`
-    shared: str | None  # "table", "fallback" or None (no shared budget, or no lease yet)
-    warning: str | None  # why the shared budget fell back
 
 
 class Pacer:
@@ -114,12 +90,7 @@ class Pacer:
         self._lock = asyncio.Lock()
         self._lease_ready = asyncio.Event()
         self._renewer: asyncio.Task[None] | None = None
-        self._in_flight = 0
-        self._in_flight_tokens = 0.0
-        self._sends: deque[tuple[float, int, float]] = deque()  # (time, requests, tokens), the last minute
-        self._recent = 0  # requests in `_sends`
-        self._first_send: float | None = None
-        self._sent = 0
+        self._log = SendLog()
         self._rate_limited = 0
         self._waited = 0.0
 
@@ -130,17 +101,17 @@ class Pacer:
         start = time.monotonic()
         cost = float(max(0, tokens))
         if self._mode is _Mode.FREE and start >= self._paused_until:
-            self._sent_now(cost, start)  # the common case without headers: no await, no lock
+            self._log.add(cost, start)  # the common case without headers: no await, no lock
             return 0.0
         if self._mode is _Mode.PROBE:
             if self._probe_at is None:
                 self._probe_at = start
-                self._sent_now(cost, start)
+                self._log.add(cost, start)
                 return 0.0
             await self._await_contact()
         if self._mode is not _Mode.PACED:
             await self._wait_pause()
-            self._sent_now(cost, time.monotonic())
+            self._log.add(cost, time.monotonic())
             return self._waited_since(start)
         async with self._lock:
             await self._ensure_lease()
@@ -156,18 +127,13 @@ class Pacer:
             if cost:
                 self._tokens.take(cost, now)
                 self._tok_mirror.take(cost, now)
-            self._sent_now(cost, now)
+            self._log.add(cost, now)
         return self._waited_since(start)
 
     def observe(self, signals: RateSignals) -> None:
         """Learn limits, remaining and reset from one response's headers (call before `release`)."""
         now = time.monotonic()
-        # Sent after this one and not counted in its `remaining`: the others in flight, at most what was sent
-        # over the last minute (so that a caller that never calls `release` does not stop the pacer).
-        self._prune(now)
-        in_flight = min(self._in_flight, self._recent)
-        unseen = max(0, in_flight - 1)
-        unseen_tokens = self._in_flight_tokens * unseen / self._in_flight if self._in_flight else 0.0
+        unseen, unseen_tokens = self._log.unseen(now)
         window = signals.window_s
         if signals.limit_requests and window:
             self._learned_rpm = signals.limit_requests * 60.0 / window
@@ -223,13 +189,11 @@ class Pacer:
         now = time.monotonic()
         self._tokens.adjust(delta, now)
         self._tok_mirror.adjust(delta, now)
-        self._sends.append((now, 0, delta))
+        self._log.correct(delta, now)
 
     def release(self) -> None:
         """An attempt ended (success or failure): it is no longer in flight."""
-        if self._in_flight > 0:
-            self._in_flight_tokens -= self._in_flight_tokens / self._in_flight
-            self._in_flight -= 1
+        self._log.release()
         if self._mode is _Mode.PROBE:  # the probe came back without headers
             self._mode = _Mode.FREE
         self._contact.set()
@@ -237,15 +201,12 @@ class Pacer:
     def snapshot(self) -> PaceSnapshot:
         """Recent send rates, the pace applied, learned limits and back-off state."""
         now = time.monotonic()
-        self._prune(now)
-        span = max(1.0, min(_STATS_WINDOW_S, now - self._first_send)) if self._first_send is not None else 1.0
-        requests = self._recent
-        tokens = sum(tokens for _, _, tokens in self._sends)
+        requests, tokens = self._log.per_minute(now)
         req_rate, tok_rate = self._rates(now)
         share = self._shared.share() if self._shared is not None else None
         return PaceSnapshot(
-            requests_per_minute=requests * 60.0 / span,
-            tokens_per_minute=max(0.0, tokens) * 60.0 / span,
+            requests_per_minute=requests,
+            tokens_per_minute=tokens,
             backing_off=now < self._paused_until or self._factor(now) < 1.0,
             pace_requests_per_minute=_per_minute(req_rate) or self._budget_rpm,
             pace_tokens_per_minute=_per_minute(tok_rate),
@@ -254,8 +215,8 @@ class Pacer:
             remaining_requests=self._req_mirror.level(now) if self._req_mirror.known else None,
             remaining_tokens=self._tok_mirror.level(now) if self._tok_mirror.known else None,
             mode=self._mode.value,
-            in_flight=self._in_flight,
-            sent=self._sent,
+            in_flight=self._log.in_flight,
+            sent=self._log.sent,
             rate_limited=self._rate_limited,
             waited_s=self._waited,
             shared=share.source if share is not None else None,
@@ -273,21 +234,6 @@ class Pacer:
             await self._shared.aclose()
 
     # -- internals ----------------------------------------------------------------------------------------
-
-    def _sent_now(self, cost: float, now: float) -> None:
-        self._in_flight += 1
-        self._in_flight_tokens += cost
-        self._sent += 1
-        if self._first_send is None:
-            self._first_send = now
-        self._sends.append((now, 1, cost))
-        self._recent += 1
-        if self._sends[0][0] < now - _STATS_WINDOW_S:
-            self._prune(now)
-
-    def _prune(self, now: float) -> None:
-        while self._sends and self._sends[0][0] < now - _STATS_WINDOW_S:
-            self._recent -= self._sends.popleft()[1]
 
     def _waited_since(self, start: float) -> float:
         waited = time.monotonic() - start

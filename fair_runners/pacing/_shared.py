@@ -1,10 +1,6 @@
 """One rate budget shared by many Lambda invocations (a Step Functions Map fan-out), kept in DynamoDB.
 
-Table (env `FAIR_RUNNERS_RATE_TABLE`): partition key `bucket` (S), on-demand, TTL attribute `expires_at`
-(epoch seconds). One item per budget:
-
-    {"bucket": "rl1-<hmac>", "version": 7, "expires_at": 1700003600,
-     "holders": {"<holder id>": {"rpm": 150.0, "tpm": 7500.0, "until": 1700000005.2}, ...}}
+Table: env `FAIR_RUNNERS_RATE_TABLE`; key schema, TTL attribute and item format in `_ledger`.
 
 Each invocation (holder) leases a share of the budget's rate for `lease_s` seconds and renews it every
 `renew_s`: it reads the live holders (entries whose `until` has not passed), takes the fair share `rate / live
@@ -24,9 +20,6 @@ conditional write, plus a second one after a conflict).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import math
 import os
 import random
@@ -36,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ._ledger import KEY_ATTRIBUTE, decode, encode
+
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 ENV_TABLE = "FAIR_RUNNERS_RATE_TABLE"
-KEY_ATTRIBUTE = "bucket"
-TTL_ATTRIBUTE = "expires_at"
 _TTL_SLACK_S = 3_600.0  # the item outlives its last lease by an hour, then DynamoDB's TTL removes it
 _ATTEMPTS = 6
 _UNTIL_MARGIN_S = 0.25  # stop spending a lease this long before it ends (clocks of holders differ a little)
@@ -51,17 +44,6 @@ _PERMANENT = {
     "UnrecognizedClientException": "the credentials were refused",
     "ValidationException": "the table does not have the expected key schema (partition key `bucket` S)",
 }
-
-
-def bucket_id(origin: str, connector: str, model: str | None, key: str | None) -> str:
-    """The budget's id: HMAC-SHA256 keyed by the API key over origin, connector class and model.
-
-    The key itself never leaves the process; without it the id cannot be recomputed. `origin` is
-    `scheme://host[:port]` (case and a trailing slash do not matter).
-    """
-    message = json.dumps([origin.strip().rstrip("/").lower(), connector, model or ""], separators=(",", ":"))
-    secret = key.encode() if key else b"fair-runners:no-key"
-    return "rl1-" + hmac.new(secret, message.encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -172,7 +154,7 @@ class SharedBudget:
         item = self._item
         for attempt in range(_ATTEMPTS):
             now = self._clock()
-            version, holders = _decode(item)
+            version, holders = decode(item)
             others = {h: e for h, e in holders.items() if h != self.holder and e[2] > now}
             live = len(others) + 1 if self._leased else max(len(others) + 1, self.fan_out)
             grant_r = _grant(rpm, live, sum(e[0] for e in others.values()))
@@ -180,7 +162,7 @@ class SharedBudget:
             until = now + self.lease_s
             self._share = self._lowered(grant_r, grant_t)  # a smaller share applies before the write
             entries = {**others, self.holder: (grant_r or 0.0, grant_t or 0.0, until)}
-            new = _encode(self.bucket, version + 1, entries, until + _TTL_SLACK_S)
+            new = encode(self.bucket, version + 1, entries, until + _TTL_SLACK_S)
             request: dict[str, Any] = {
                 "TableName": self.table,
                 "Item": new,
@@ -297,45 +279,3 @@ def _code(exc: BaseException) -> str | None:
         if isinstance(error, dict) and isinstance(error.get("Code"), str):
             return str(error["Code"])
     return None
-
-
-def _decode(item: dict[str, Any] | None) -> tuple[int, dict[str, tuple[float, float, float]]]:
-    if not item:
-        return 0, {}
-    try:
-        version = int(item["version"]["N"])
-        holders: dict[str, tuple[float, float, float]] = {}
-        for holder, entry in item.get("holders", {}).get("M", {}).items():
-            fields = entry["M"]
-            holders[holder] = (
-                float(fields["rpm"]["N"]),
-                float(fields["tpm"]["N"]),
-                float(fields["until"]["N"]),
-            )
-    except (KeyError, TypeError, ValueError):  # a damaged item: start it again from its version
-        return _version(item), {}
-    return version, holders
-
-
-def _version(item: dict[str, Any]) -> int:
-    try:
-        return int(item["version"]["N"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-
-
-def _encode(bucket: str, version: int, holders: dict[str, tuple[float, float, float]], expires: float) -> Any:
-    entries = {
-        holder: {"M": {"rpm": _n(rpm), "tpm": _n(tpm), "until": _n(until)}}
-        for holder, (rpm, tpm, until) in holders.items()
-    }
-    return {
-        KEY_ATTRIBUTE: {"S": bucket},
-        "version": {"N": str(version)},
-        TTL_ATTRIBUTE: {"N": str(int(expires))},
-        "holders": {"M": entries},
-    }
-
-
-def _n(value: float) -> dict[str, str]:
-    return {"N": f"{value:.6f}"}
