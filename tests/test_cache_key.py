@@ -157,11 +157,16 @@ def test_every_denied_name_is_left_out_at_every_depth(name: str) -> None:
     assert secret not in key_material(**{**BASE, "params": with_it})
 
 
-def test_every_connector_param_but_key_timeout_and_retries_changes_the_key() -> None:
+def test_every_connector_param_but_credentials_timeout_and_retries_changes_the_key() -> None:
     names = {name for spec in allowlist().values() for name in spec.params}
     names |= {"max_output_tokens", "top_k", "num_predict", "num_ctx", "max_new_tokens", "agent_id"}
-    assert {name for name in names if is_denied(name)} == {"api_key", "timeout", "max_retries"}
-    for name in sorted(names - {"api_key", "timeout", "max_retries"}):
+    credentials = {
+        name for spec in allowlist().values() for name, rule in spec.params.items() if rule.kind == "secret"
+    }
+    assert credentials == {"api_key", "azure_ad_token"}
+    left_out = {"timeout", "max_retries", *credentials}
+    assert {name for name in names if is_denied(name)} == left_out
+    for name in sorted(names - left_out):
         assert key(params={**BASE["params"], name: 7}) != key(params={**BASE["params"], name: 8}), name
         without = {k: v for k, v in BASE["params"].items() if k != name}
         assert key(params={**without, name: 7}) != key(params=without), name
