@@ -34,8 +34,7 @@ if str(ROOT) not in sys.path:
 
 import aiohttp  # noqa: E402
 
-from fair_runners._concurrency import AdaptiveLimiter  # noqa: E402
-from fair_runners._timing import backoff_delay  # noqa: E402
+from fair_runners.engine import AdaptiveLimiter, backoff_delay  # noqa: E402
 from fair_runners.pacing import Pacer, SharedBudget, estimate_tokens, parse_rate_headers  # noqa: E402
 from fair_runners.testing import LoopbackServer  # noqa: E402
 from fair_runners.testing.ratelimit import RateLimitGate  # noqa: E402
