@@ -110,6 +110,14 @@ class RunOptions(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=10)
     history: bool = True
     skip_answered: bool = False
+    # Rate budgets: for a key the caller brings they define its bucket; for the deployment's keys they can
+    # only lower this run's draw below the deployer's (env FAIR_RUNNERS_RATE_LIMITS).
+    requests_per_minute: float | None = Field(default=None, gt=0, le=10_000_000)
+    tokens_per_minute: float | None = Field(default=None, gt=0, le=10_000_000_000)
+    # The response cache: off (default), use (read, then write misses), refresh (call and overwrite),
+    # only (replay: never call the backend; a miss is a `not_cached` turn error).
+    cache: Literal["off", "use", "refresh", "only"] = "off"
+    cache_ttl_s: float | None = Field(default=None, gt=0, le=10 * 365 * 86400)
 
 
 class RunRequest(BaseModel):
@@ -128,6 +136,9 @@ class RunRequest(BaseModel):
     connector: ConnectorConfig | None = None
     options: RunOptions = Field(default_factory=RunOptions)
     run_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
+    # Set by the state machine on Map batches: how many batch invocations run at once (their even share of
+    # a rate budget when the shared budget table cannot be reached).
+    fan_out: int | None = Field(default=None, ge=1, le=10_000)
 
     @field_validator("datasets")
     @classmethod
@@ -183,9 +194,11 @@ class TurnRecord(BaseModel):
     latency_ms: float | None = None
     attempts: int = 0
     retry_wait_ms: float = 0.0
+    queue_wait_ms: float = 0.0  # waiting for the rate budget (latency_ms is the request's own)
     error_type: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cached: bool = False  # replayed from the response cache: no backend call
 
 
 class SessionSummary(BaseModel):
@@ -204,6 +217,8 @@ class SessionSummary(BaseModel):
     retries: int
     input_tokens: int
     output_tokens: int
+    rate_limited_responses: int = 0  # attempts answered 429 / throttled
+    cache_hits: int = 0
     turns: list[TurnRecord]
 
 
@@ -219,6 +234,8 @@ class RunTotals(BaseModel):
     input_tokens: int
     output_tokens: int
     wall_time_ms: float
+    rate_limited_responses: int = 0
+    cache_hits: int = 0
 
 
 class RunResult(BaseModel):

@@ -25,13 +25,24 @@ from datetime import datetime
 from typing import Any
 
 from .._errors import InvalidRequest
+from .._text import cap_warnings
 from ._clients import AwsClients, clients
 from ._s3 import S3Location, parse_documents, read_bytes, read_json, write_json
 from ._settings import AwsSettings
 
 _MAX_FILE = 512 * 1024 * 1024
 _CAUSE_MAX = 300
-_TOTAL_KEYS = ("turns", "successes", "failures", "skipped", "retries", "input_tokens", "output_tokens")
+_TOTAL_KEYS = (
+    "turns",
+    "successes",
+    "failures",
+    "skipped",
+    "retries",
+    "input_tokens",
+    "output_tokens",
+    "rate_limited_responses",
+    "cache_hits",
+)
 
 
 def _loads(text: Any) -> Any:
@@ -86,6 +97,8 @@ def _failed_copy(dataset: dict[str, Any], reason: str) -> tuple[dict[str, Any], 
         "retries": 0,
         "input_tokens": 0,
         "output_tokens": 0,
+        "rate_limited_responses": 0,
+        "cache_hits": 0,
         "turns": records,
     }
     return marked, summary
@@ -162,8 +175,8 @@ def merge_records(
         source = "total_batches" if key == "turns" else key
         totals[key] = sum(int(s.get(source, 0)) for s in summaries)
     totals["wall_time_ms"] = round(wall_time_ms, 1)
+    warnings = cap_warnings(list(got.warnings))
     complete = not got.failed_batches and not missing and got.incomplete_batches == 0
-    warnings = list(got.warnings)
     if got.failed_batches:
         warnings.append(
             f"{len(got.failed_batches)} batch(es) failed: their turns are marked [ERROR]; re-post this "

@@ -24,11 +24,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from ._asgi import App, Receive, Scope, Send
-
-Message = dict[str, Any]
+from starlette.types import ASGIApp as App
+from starlette.types import Message, Receive, Scope, Send
 
 
 def default_token_cost(body: bytes) -> int:
