@@ -14,6 +14,10 @@ from statistics import NormalDist
 from typing import Any
 
 CONTEXT = "You are the benchmark assistant. Answer briefly."
+MODEL = "bench-model"
+# Shaped like a real key: random, sharing no 4-character piece with the queries, answers or ids. (A key like
+# "bench-key" would: the response redaction then finds a trace of it and walks every string of the result.)
+API_KEY = "sk-Qm7ZtR4vXw9LpK2cHd8N"
 _UNIT = NormalDist()
 
 
