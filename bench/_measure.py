@@ -68,17 +68,20 @@ def _cpu_s() -> tuple[float, float]:
     return usage.ru_utime, usage.ru_stime
 
 
-def runqueue_wait_s() -> float:
-    """Seconds this process's threads have waited for a CPU while runnable (Linux schedstat; 0.0 elsewhere).
-
-    High during a run: another process held the core, and the wall time says more about the machine."""
-    total = 0.0
+def runqueue_wait_s() -> dict[str, float]:
+    """Seconds this process's threads have waited for a CPU while runnable (Linux schedstat), for the main
+    thread (the event loop) and for all threads; zeros elsewhere. High for the main thread during a run:
+    something else held the core (another process, or one of this process's own threads)."""
+    waits = {"main": 0.0, "all": 0.0}
     for stat in Path("/proc/self/task").glob("*/schedstat"):
         try:
-            total += int(stat.read_text().split()[1]) / 1e9
+            wait = int(stat.read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue
-    return total
+        waits["all"] += wait
+        if stat.parent.name == str(os.getpid()):
+            waits["main"] += wait
+    return waits
 
 
 def main() -> None:
@@ -126,7 +129,9 @@ def main() -> None:
         "user_s": round(user1 - user0, 4),
         "sys_s": round(sys1 - sys0, 4),
         "cpu_ms_per_turn": round(cpu * 1000 / turns, 4),
-        "runqueue_wait_s": round(wait1 - wait0, 4),
+        "runqueue_wait_s": round(wait1["main"] - wait0["main"], 4),
+        "runqueue_wait_all_threads_s": round(wait1["all"] - wait0["all"], 4),
+        "threads": len(list(Path("/proc/self/task").iterdir())),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "turns": turns,
         "successes": result["totals"]["successes"],
