@@ -12,6 +12,7 @@ W1_RSS_MB = 200.0
 W2_RATIO = 1.05  # ours / the abatch peer (median walls)
 W3_SPEEDUP = 30.0  # times faster than the sequential Fair-Forge runner
 COLD_S = 0.4
+_CLASSES = {"openai": "ChatOpenAI", "groq": "ChatGroq"}
 _WHERE = {
     "lambda": "Lambda's dependencies only (`.bench/venv-lambda`)",
     "dev": "dev virtualenv (also the `local` and `dev` extras)",
@@ -71,6 +72,10 @@ def _num(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
+def _mode(mode: str, provider: str) -> str:
+    return f"llm ({_CLASSES[provider]})" if mode == "llm" else mode
+
+
 def _loads(values: list[float]) -> str:
     return "/".join(f"{v:.2f}" for v in values) or "unknown"
 
@@ -99,7 +104,7 @@ def table(results: dict[str, Any]) -> str:
     if w1:
         critical = w1["workload"]["critical_path_s"]
         for mode, row in w1["modes"].items():
-            label, n = f"W1 {w1['label']}, {mode}", len(row["runs"])
+            label, n = f"W1 {w1['label']}, {_mode(mode, w1['provider'])}", len(row["runs"])
             times = f"{_num(row['wall_s'])} s = **{row['wall_s'] / critical:.3f}x** the critical path"
             lines += [
                 _row(
@@ -131,7 +136,7 @@ def table(results: dict[str, Any]) -> str:
     w2 = results.get("w2")
     if w2:
         peer, ours = w2["peer"], w2["ours"]
-        label = f"W2 {w2['label']}, llm vs `abatch` rounds"
+        label = f"W2 {w2['label']}, {_mode('llm', w2['provider'])} vs `abatch` rounds"
         theirs = f"{_num(peer['wall_s'])} s ({_runs(peer['wall_s_runs'], ' s')})"
         lines += [
             _row(
@@ -168,7 +173,7 @@ def table(results: dict[str, Any]) -> str:
                 reference = f"{_num(base['wall_s'])} s ({w3['baseline']}); **{_num(row['speedup'])}x** faster"
             lines.append(
                 _row(
-                    f"W3 {w3['label']}, {mode}",
+                    f"W3 {w3['label']}, {_mode(mode, w3.get('provider', 'groq'))}",
                     f"wall time, median of {len(ours['runs'])} ({_runs(ours['wall_s_runs'], ' s')})",
                     f"{_num(ours['wall_s'])} s",
                     f">= {W3_SPEEDUP:.0f}x faster",

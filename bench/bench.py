@@ -186,6 +186,7 @@ def run_w3(args: argparse.Namespace, pins: Pinning, fallback: bool) -> dict[str,
     found: dict[str, Any] = {
         "workload": work.describe(),
         "label": work.label(),
+        "provider": "groq",  # the class the baseline's virtualenv has (alquimia-fair-forge depends on it)
         "baseline": name,
         "modes": {},
     }
@@ -195,7 +196,7 @@ def run_w3(args: argparse.Namespace, pins: Pinning, fallback: bool) -> dict[str,
             row: dict[str, Any] = {
                 "ours": summarize(
                     [
-                        ours(mode, urls, work, pins.invocation, provider="groq", no_history=True)
+                        ours(mode, urls, work, pins.invocation, provider=found["provider"], no_history=True)
                         for _ in range(args.repeat)
                     ]
                 )
