@@ -3,8 +3,8 @@
 Alquimia mode uses the real `fair_forge.runners.AlquimiaRunner` from the `alquimia-fair-forge` package (one
 `run_dataset` after another, a new client per turn, as the Fair-Forge runners Lambda does). LLM mode: the
 package has no LLM runner, so this is the Fair-Forge runners Lambda's loop: one chat model, `ainvoke` per
-turn, one turn after another. `--fallback`: the same Alquimia loop with plain httpx (no package).
-Prints one JSON line.
+turn, one turn after another, no history. `--fallback`: the same Alquimia loop with plain httpx (no
+package). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -15,25 +15,17 @@ import json
 import time
 from typing import Any
 
+from _workload import API_KEY, MODEL  # bench/ (stdlib only: this runs in the baseline's virtualenv)
+from _workload import datasets as workload
+
 
 def _datasets(sessions: int, turns: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "session_id": f"s{i}",
-            "assistant_id": "bench",
-            "context": "",
-            "conversation": [
-                {
-                    "qa_id": f"s{i}-q{j}",
-                    "query": f"question {j} of session {i}",
-                    "assistant": "",
-                    "ground_truth_assistant": "",
-                }
-                for j in range(turns)
-            ],
-        }
-        for i in range(sessions)
-    ]
+    """The workload's datasets (`_workload.datasets`) with the fields Fair-Forge's schema wants."""
+    found = workload(sessions, turns)
+    for dataset in found:
+        for batch in dataset["conversation"]:
+            batch.update(assistant="", ground_truth_assistant="")
+    return found
 
 
 async def _alquimia(url: str, datasets: list[dict[str, Any]]) -> tuple[int, int]:
@@ -41,7 +33,7 @@ async def _alquimia(url: str, datasets: list[dict[str, Any]]) -> tuple[int, int]
     from fair_forge.runners import AlquimiaRunner
     from fair_forge.schemas.common import Dataset
 
-    runner = AlquimiaRunner(base_url=url, api_key="bench-key", agent_id="bench", channel_id="chat")
+    runner = AlquimiaRunner(base_url=url, api_key=API_KEY, agent_id="bench", channel_id="chat")
     ok = failed = 0
     for raw in datasets:
         _, summary = await runner.run_dataset(Dataset.model_validate(raw))
@@ -56,7 +48,7 @@ async def _alquimia_fallback(url: str, datasets: list[dict[str, Any]]) -> tuple[
     ok = failed = 0
     for dataset in datasets:
         for batch in dataset["conversation"]:
-            async with httpx.AsyncClient(headers={"Authorization": "Bearer bench-key"}) as client:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
                 reply = await client.post(
                     f"{url}/event/infer/chat/bench",
                     params={"chat_history": 50, "agentspace": "_default"},
@@ -86,14 +78,16 @@ async def _alquimia_fallback(url: str, datasets: list[dict[str, Any]]) -> tuple[
 
 
 async def _llm(url: str, datasets: list[dict[str, Any]]) -> tuple[int, int]:
-    from langchain_core.messages import HumanMessage, SystemMessage
+    from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
     from langchain_groq import ChatGroq
 
-    model = ChatGroq(model="bench-model", api_key="bench-key", base_url=url)  # type: ignore[call-arg]
+    model = ChatGroq(model=MODEL, api_key=API_KEY, base_url=url)  # type: ignore[call-arg]
     ok = failed = 0
     for dataset in datasets:
         for batch in dataset["conversation"]:
-            messages = [SystemMessage(content=dataset["context"])] if dataset["context"] else []
+            messages: list[BaseMessage] = []
+            if dataset["context"]:
+                messages.append(SystemMessage(content=dataset["context"]))
             messages.append(HumanMessage(content=batch["query"]))
             try:
                 reply = await model.ainvoke(messages)

@@ -1,10 +1,9 @@
 """Benchmark helper: run one workload through the real `lambda_handler` in a fresh, warmed process.
 
-Prints one JSON line: wall time of the run, the process CPU time spent in it (this process only: the servers
-run elsewhere), the CPU of its LLM-mode worker processes, peak RSS, the response's totals, and whether
-LangChain got imported. Env `FAIR_RUNNERS_WORKERS` applies as in the Lambda. `--runs N` runs the workload N
-times in the same process, as a warm Lambda's next invocations: `wall_s` is the first run's, `next_wall_s` the
-others' (LLM mode keeps its worker processes from one run to the next).
+Prints one JSON line: the run's wall time, this process's CPU over the run (user + system; the servers run in
+another process), peak RSS, the response's totals, whether LangChain got imported, and each turn's latency as
+the engine measured it minus the delay the server was told to add (`overhead_ms`: what the client side, the
+wire and the server's own work added to the turn).
 """
 
 from __future__ import annotations
@@ -13,13 +12,15 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _workload import API_KEY, MODEL, Latency, datasets
 
 
 class _Context:
@@ -30,32 +31,57 @@ class _Context:
         return 900_000
 
 
-def _request(args: argparse.Namespace) -> dict[str, Any]:
-    datasets = [
-        {
-            "session_id": f"s{i}",
-            "assistant_id": "bench",
-            "conversation": [
-                {"qa_id": f"s{i}-q{j}", "query": f"question {j} of session {i}"} for j in range(args.turns)
-            ],
-        }
-        for i in range(args.sessions)
-    ]
-    options = {"max_concurrency": args.concurrency, "max_attempts": 1}
-    if args.mode == "alquimia":
-        config = {"base_url": args.url, "api_key": "bench-key", "agent_id": "bench"}
-        return {"datasets": datasets, "config": config, "options": options}
-    if args.provider == "openai":
-        connector = {
+def connector(provider: str, url: str) -> dict[str, Any]:
+    """The `connector` of an LLM-mode request for `provider` at the loopback `url`."""
+    if provider == "openai":
+        return {
             "class_path": "langchain_openai.chat_models.ChatOpenAI",
-            "params": {"model": "bench-model", "api_key": "bench-key", "base_url": f"{args.url}/v1"},
+            "params": {"model": MODEL, "api_key": API_KEY, "base_url": f"{url}/v1"},
         }
-    else:
-        connector = {
-            "class_path": "langchain_groq.chat_models.ChatGroq",
-            "params": {"model": "bench-model", "api_key": "bench-key", "base_url": args.url},
-        }
-    return {"datasets": datasets, "connector": connector, "options": {**options, "history": False}}
+    return {
+        "class_path": "langchain_groq.chat_models.ChatGroq",
+        "params": {"model": MODEL, "api_key": API_KEY, "base_url": url},
+    }
+
+
+def _request(args: argparse.Namespace, data: list[dict[str, Any]]) -> dict[str, Any]:
+    options: dict[str, Any] = {"max_concurrency": args.concurrency, "max_attempts": 1}
+    if args.mode == "alquimia":
+        config = {"base_url": args.url, "api_key": API_KEY, "agent_id": "bench"}
+        return {"datasets": data, "config": config, "options": options}
+    options["history"] = not args.no_history
+    return {"datasets": data, "connector": connector(args.provider, args.url), "options": options}
+
+
+def _overheads_ms(result: dict[str, Any], data: list[dict[str, Any]], latency: Latency) -> list[float]:
+    queries = {b["qa_id"]: b["query"] for d in data for b in d["conversation"]}
+    return [
+        turn["latency_ms"] - latency(queries[turn["qa_id"]]) * 1000
+        for summary in result["summaries"]
+        for turn in summary["turns"]
+        if turn["latency_ms"] is not None
+    ]
+
+
+def _cpu_s() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def runqueue_wait_s() -> dict[str, float]:
+    """Seconds this process's threads have waited for a CPU while runnable (Linux schedstat), for the main
+    thread (the event loop) and for all threads; zeros elsewhere. High for the main thread during a run:
+    something else held the core (another process, or one of this process's own threads)."""
+    waits = {"main": 0.0, "all": 0.0}
+    for stat in Path("/proc/self/task").glob("*/schedstat"):
+        try:
+            wait = int(stat.read_text().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+        waits["all"] += wait
+        if stat.parent.name == str(os.getpid()):
+            waits["main"] += wait
+    return waits
 
 
 def main() -> None:
@@ -66,59 +92,56 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, required=True)
     parser.add_argument("--turns", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True)
+    parser.add_argument("--latency", type=Latency.parse, required=True)
     parser.add_argument("--provider", choices=["openai", "groq"], default="openai")
-    parser.add_argument("--runs", type=int, default=1, help="runs in this process after the warm-up")
+    parser.add_argument("--no-history", action="store_true", help="LLM mode: send no earlier turns")
     args = parser.parse_args()
-    host = args.url.split("://", 1)[1]
-    os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = host
+    os.environ["FAIR_RUNNERS_ALLOWED_HOSTS"] = args.url.split("://", 1)[1]
     os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "FairRunnersBench")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
-    from fair_runners._settings import Settings
     from handler.app import lambda_handler
 
-    request = _request(args)
+    data = datasets(args.sessions, args.turns)
+    warmup = datasets(1, 1)
+    warmup[0]["session_id"] = "warmup"
     devnull = os.open(os.devnull, os.O_WRONLY)
     saved_stdout = os.dup(1)
     os.dup2(devnull, 1)  # Powertools writes EMF metrics to stdout: keep them, but not in our pipe
     try:
-        # A warm process, as a warm Lambda is: one small request first loads what the first call loads lazily
-        # (LangChain imports much of itself on the first `ainvoke`).
-        warmup = argparse.Namespace(**{**vars(args), "sessions": 1, "turns": 1})
-        lambda_handler(_request(warmup), _Context())
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        result = lambda_handler(request, _Context())
-        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-        next_walls = []
-        for _ in range(args.runs - 1):
-            started = time.perf_counter()
-            again = lambda_handler(request, _Context())
-            next_walls.append(round(time.perf_counter() - started, 4))
-            assert again["totals"]["successes"] == result["totals"]["successes"]
+        # A warm process, as a warm Lambda is: one 1-turn request first loads what the first call loads
+        # lazily (LangChain imports much of itself on the first `ainvoke`).
+        lambda_handler(_request(args, warmup), _Context())
+        (user0, sys0), wait0, wall0 = _cpu_s(), runqueue_wait_s(), time.perf_counter()
+        result = lambda_handler(_request(args, data), _Context())
+        wall = time.perf_counter() - wall0
+        (user1, sys1), wait1 = _cpu_s(), runqueue_wait_s()
     finally:
         os.dup2(saved_stdout, 1)
     turns = result["totals"]["turns"]
-    if "fair_runners.runners._procs" in sys.modules:  # end the kept LLM workers, so their CPU is counted
-        from fair_runners.runners._procs import kept_workers
-
-        kept_workers().close()
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # LLM-mode worker processes, reaped by now
+    cpu = (user1 - user0) + (sys1 - sys0)
+    overheads = sorted(_overheads_ms(result, data, args.latency))
     report = {
         "mode": args.mode,
-        "sessions": args.sessions,
-        "turns_per_session": args.turns,
-        "concurrency": args.concurrency,
         "provider": args.provider if args.mode == "llm" else None,
         "wall_s": round(wall, 4),
-        "next_wall_s": next_walls,
         "cpu_s": round(cpu, 4),
+        "user_s": round(user1 - user0, 4),
+        "sys_s": round(sys1 - sys0, 4),
         "cpu_ms_per_turn": round(cpu * 1000 / turns, 4),
-        "workers": Settings.from_env().worker_count(args.sessions) if args.mode == "llm" else 1,
-        "workers_cpu_s": round(children.ru_utime + children.ru_stime, 4),
+        "runqueue_wait_s": round(wait1["main"] - wait0["main"], 4),
+        "runqueue_wait_all_threads_s": round(wait1["all"] - wait0["all"], 4),
+        "threads": len(list(Path("/proc/self/task").iterdir())),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "turns": turns,
         "successes": result["totals"]["successes"],
         "failures": result["totals"]["failures"],
         "complete": result["complete"],
+        "overhead_ms": {
+            "median": round(statistics.median(overheads), 2) if overheads else None,
+            "p95": round(overheads[int(len(overheads) * 0.95)], 2) if overheads else None,
+            "max": round(overheads[-1], 2) if overheads else None,
+        },
         "langchain_loaded": any(m.split(".")[0].startswith("langchain") for m in sys.modules),
     }
     print(json.dumps(report), flush=True)

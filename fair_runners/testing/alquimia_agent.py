@@ -1,7 +1,8 @@
 """A local agent that speaks the Alquimia protocol (infer + server-sent-events stream).
 
 It remembers each session's turns, as the real service does, and answers `"<agent>: turn N of <session>:
-<query>"` so order and session routing can be checked. Latency and faults are injectable.
+<query>"` so order and session routing can be checked. Latency (fixed or per query) and faults are
+injectable.
 Run it alone: `python -m fair_runners.testing.alquimia_agent --port 8765 --latency-ms 50`.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import itertools
 import json
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,11 +38,13 @@ class AlquimiaAgent:
     """State and behaviour of the fake agent; `app` is its Starlette application.
 
     Any path holding `/event/infer/` (POST) or `/event/stream/` (GET) is served, so a base URL may carry a
-    prefix; other GET/POST paths are 404 (JSON), other methods 405.
+    prefix; other GET/POST paths are 404 (JSON), other methods 405. Each stream waits `latency_s` seconds
+    before its first event, or `latency(query)` seconds when `latency` is set (a per-query delay).
     """
 
     api_key: str | None = "demo-alq-key-7Hq2v9XrL4mN"
     latency_s: float = 0.0
+    latency: Callable[[str], float] | None = None
     chunks: int = 3
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -144,15 +147,16 @@ class AlquimiaAgent:
         answer = f"{pending.agent_id}: turn {pending.turn} of {pending.session_id}: {pending.query}"
         if fault is not None and fault.kind == "answer":
             answer = fault.text
+        delay = self.latency(pending.query) if self.latency is not None else self.latency_s
         return StreamingResponse(
-            self._events(answer, fault),
+            self._events(answer, fault, delay),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
 
-    async def _events(self, answer: str, fault: Fault | None) -> AsyncIterator[bytes]:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+    async def _events(self, answer: str, fault: Fault | None, delay: float) -> AsyncIterator[bytes]:
+        if delay > 0:
+            await asyncio.sleep(delay)
         kind = fault.kind if fault else None
         if kind == "malformed":
             yield b"data: {not json\n\n"

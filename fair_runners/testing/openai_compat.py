@@ -1,8 +1,8 @@
 """A local OpenAI-compatible chat completions endpoint that the real ChatOpenAI and ChatGroq talk to.
 
 Answers `"echo: <last user message> (history=N, system=yes|no)"` where N counts earlier user messages, and
-reports token usage, so history, context and usage can be checked end to end. Latency and faults are
-injectable. Serves `/v1/chat/completions` (OpenAI) and `/openai/v1/chat/completions` (Groq).
+reports token usage, so history, context and usage can be checked end to end. Latency (fixed, or per query)
+and faults are injectable. Serves `/v1/chat/completions` (OpenAI) and `/openai/v1/chat/completions` (Groq).
 Run it alone: `python -m fair_runners.testing.openai_compat --port 8766 --latency-ms 50`.
 """
 
@@ -14,6 +14,7 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,10 +33,13 @@ class OpenAICompatServer:
     """State and behaviour of the fake endpoint; `app` is its Starlette application.
 
     POST on either path of `_PATHS` (exactly: a trailing slash is 404, not a redirect); other methods 405.
+    Each answer waits `latency_s` seconds, or `latency(query)` seconds when `latency` is set (a per-query
+    delay; the query is the last user message).
     """
 
     api_key: str | None = "demo-llm-key-Vb83Nq1ZcT6y"
     latency_s: float = 0.0
+    latency: Callable[[str], float] | None = None
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -95,8 +99,9 @@ class OpenAICompatServer:
             if fault.kind == "answer":  # ASCII JSON: the text may hold what UTF-8 cannot
                 data = json.dumps(_completion(body, fault.text, next(self._ids)))
                 return Response(data.encode("ascii"), media_type="application/json")
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        delay = self.latency(query) if self.latency is not None else self.latency_s
+        if delay > 0:
+            await asyncio.sleep(delay)
         has_system = any(m.get("role") == "system" for m in messages)
         answer = f"echo: {query} (history={len(user_messages) - 1}, system={'yes' if has_system else 'no'})"
         return JSONResponse(_completion(body, answer, next(self._ids)))
