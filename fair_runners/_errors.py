@@ -12,7 +12,8 @@ Three families that never mix:
         │   └── RateLimited           429: honours `retry_after`, slows the whole backend down
         ├── AuthenticationFailed      401/403: stops the run for that backend
         └── PermanentBackendError     other 4xx, empty answers, malformed replies: not retried
-            └── AnswerTooLarge        a reply over FAIR_RUNNERS_MAX_ANSWER_BYTES (decoded): not retried
+            ├── AnswerTooLarge        a reply over FAIR_RUNNERS_MAX_ANSWER_BYTES (decoded): not retried
+            └── NotCached             `options.cache=only` and no recorded answer: nothing was sent
 
 Class names are stable: Step Functions `Retry`/`Catch` match on them.
 """
@@ -117,6 +118,12 @@ class AnswerTooLarge(PermanentBackendError):
     """The backend sent more than the answer-size limit allows (counted after decompression)."""
 
     error_type = "too_large"
+
+
+class NotCached(PermanentBackendError):
+    """`options.cache=only` (replay) and the response cache holds no answer for this turn."""
+
+    error_type = "not_cached"
 
 
 class ProtocolError(PermanentBackendError):

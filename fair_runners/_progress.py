@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
-    from ._schemas import Dataset, RunTotals, SessionSummary, TurnRecord
+    from ._schemas import Batch, Dataset, RunTotals, SessionSummary, TurnRecord
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,25 @@ class RunStarted:
 
 @dataclass(frozen=True)
 class TurnFinished:
-    """One turn is done (ok, error, kept or skipped)."""
+    """One turn is done (ok, error or kept): its record, the turn as it now reads (`assistant` filled in) and
+    its position in the session."""
 
     session_id: str
     record: TurnRecord
+    turn: Batch | None = None
+    index: int = -1
+
+
+@dataclass(frozen=True)
+class PaceReport:
+    """How fast the run sends, against what it paces to (at most one a second, while pacing is on)."""
+
+    requests_per_minute: float
+    tokens_per_minute: float
+    backing_off: bool
+    pace_requests_per_minute: float | None
+    pace_tokens_per_minute: float | None
+    rate_limited: int
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,9 @@ class RunFinished:
     totals: RunTotals
 
 
-ProgressEvent = Union[RunStarted, TurnFinished, TurnRetrying, SessionFinished, RunFinished]  # noqa: UP007
+ProgressEvent = Union[  # noqa: UP007
+    RunStarted, TurnFinished, TurnRetrying, PaceReport, SessionFinished, RunFinished
+]
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
@@ -86,10 +103,13 @@ class RunProgress:
     kept: int = 0
     skipped: int = 0
     retries: int = 0
+    cache_hits: int = 0
     finished: bool = False
     complete: bool | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    # The latest pace report (None until the run paces): requests and tokens per minute, backing off.
+    pace: PaceReport | None = None
 
     def update(self, event: ProgressEvent) -> None:
         """Fold one progress event into the counts (usable directly as the `on_progress` callback)."""
@@ -106,8 +126,12 @@ class RunProgress:
                 self.failed += 1
             elif status == "kept":
                 self.kept += 1
+            if event.record.cached:
+                self.cache_hits += 1
         elif isinstance(event, TurnRetrying):
             self.retries += 1
+        elif isinstance(event, PaceReport):
+            self.pace = event
         elif isinstance(event, SessionFinished):
             self.sessions_done += 1
             # Turns the deadline cut off get no `TurnFinished`: the session summary counts them.
@@ -129,7 +153,7 @@ class RunProgress:
         """Estimated seconds left at the average pace so far (None until a turn is done)."""
         if self.finished:
             return 0.0
-        sent = self.turns_done - self.kept
+        sent = self.turns_done - self.kept - self.cache_hits
         if sent <= 0 or self.started_at is None:
             return None
         left = self.turns - self.turns_done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -31,10 +32,15 @@ class TurnOutput:
     notes: tuple[str, ...] = ()
 
 
+HeadersHook = Callable[[Mapping[str, str]], None]
+
+
 class Runner(Protocol):
     """One backend. Used as `async with runner: await runner.run_turn(...)` inside one event loop."""
 
     name: str
+    # Called with every response's headers (the engine reads the provider's rate limits from them).
+    on_headers: HeadersHook | None
 
     async def __aenter__(self) -> Runner: ...
 
@@ -51,4 +57,12 @@ class Runner(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """Non-secret facts about the target, for logs."""
+        ...
+
+    def request_of(self, turn: TurnInput) -> Any:
+        """What this turn sends, as JSON (the response cache's key is made of it)."""
+        ...
+
+    def token_estimate(self, turn: TurnInput) -> int:
+        """The turn's token charge before it is sent (what the rate budget draws)."""
         ...

@@ -31,7 +31,8 @@ from .._errors import (
 )
 from .._proxies import proxy_settings
 from .._text import control_problem
-from ._base import TurnInput, TurnOutput
+from ..pacing import estimate_tokens
+from ._base import HeadersHook, TurnInput, TurnOutput
 from ._http import MIB, read_capped, too_large
 from ._session import guarded_session
 from ._sse import SSEDecoder, SSELimitExceeded
@@ -101,6 +102,7 @@ class AlquimiaRunner:
         max_answer_bytes: int = 2 * MIB,
     ) -> None:
         self.target = target
+        self.on_headers: HeadersHook | None = None
         self._max_answer = max_answer_bytes
         # `sock_read` bounds each wait for bytes: the read timeout of the infer call and the idle timeout of
         # the stream. The whole attempt is bounded by the engine (`turn_timeout_s`, the deadline).
@@ -164,13 +166,21 @@ class AlquimiaRunner:
             raise EmptyAnswer("the agent returned an empty answer")
         return TurnOutput(content=content, notes=tuple(notes))
 
-    async def _infer(self, session: aiohttp.ClientSession, turn: TurnInput) -> str:
-        body = {
+    def request_of(self, turn: TurnInput) -> dict[str, Any]:
+        """The infer call's body for this turn (the agent keeps the conversation: no history is sent)."""
+        return {
             "query": turn.batch.query,
             "session_id": turn.session_id,
             "extra_data": turn.batch.agentic or {},
             "attachments": [],
         }
+
+    def token_estimate(self, turn: TurnInput) -> int:
+        """The infer call's charge: its query (the agent adds what it adds on its side)."""
+        return estimate_tokens([turn.batch.query], max_tokens=None)
+
+    async def _infer(self, session: aiohttp.ClientSession, turn: TurnInput) -> str:
+        body = self.request_of(turn)
         async with session.post(
             self._infer_url,
             params=_INFER_PARAMS,
@@ -179,6 +189,8 @@ class AlquimiaRunner:
             allow_redirects=False,
             proxy=self._proxy,
         ) as response:
+            if self.on_headers is not None:  # the infer call is what a rate limit counts
+                self.on_headers(response.headers)
             if response.status >= 300:
                 raise _status_error("infer", response, await response.content.read(_MAX_ERROR_BODY))
             raw = await read_capped(response, self._max_answer, "the agent's infer reply")

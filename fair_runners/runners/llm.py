@@ -25,7 +25,8 @@ from pydantic import ValidationError
 
 from .._connectors import Transport
 from .._errors import EmptyAnswer, InvalidRequest, PermanentBackendError
-from ._base import TurnInput, TurnOutput
+from ..pacing import estimate_tokens
+from ._base import HeadersHook, TurnInput, TurnOutput
 from ._http import MIB, ProviderTransport
 from ._provider_errors import classify_provider_error
 from ._session import guarded_session
@@ -73,6 +74,7 @@ class LLMRunner:
     ) -> None:
         self.model_class = model_class
         self.transport = transport
+        self.on_headers: HeadersHook | None = None
         self._invoker: ThreadedInvoker | None = None
         self._params = dict(params)
         self._timeout = timeout
@@ -86,7 +88,11 @@ class LLMRunner:
         self._session = guarded_session(self._max_connections + 4)
         transport = ProviderTransport(self._session, self._max_answer_bytes)
         self._http = httpx.AsyncClient(
-            timeout=self._timeout, transport=transport, follow_redirects=False, trust_env=False
+            timeout=self._timeout,
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            event_hooks={"response": [self._response_headers]},
         )
         try:
             self.model = self._build(self._http)
@@ -96,6 +102,11 @@ class LLMRunner:
         if self.transport != "httpx":
             self._invoker = ThreadedInvoker(self._max_connections)
         return self
+
+    async def _response_headers(self, response: httpx.Response) -> None:
+        """Every provider response's headers (429s included) go to the engine: its rate limits."""
+        if self.on_headers is not None:
+            self.on_headers(response.headers)
 
     async def __aexit__(
         self,
@@ -167,17 +178,31 @@ class LLMRunner:
         """Non-secret facts about the target."""
         return {"runner": self.name, "class": self.model_class.__name__, "model": self._params.get("model")}
 
+    def request_of(self, turn: TurnInput) -> list[dict[str, str]]:
+        """The messages this turn sends: the context as the system message, the history, the query."""
+        messages = [{"role": "system", "content": turn.context}] if turn.context else []
+        for query, answer in turn.history:
+            messages += [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": turn.batch.query})
+        return messages
+
+    def token_estimate(self, turn: TurnInput) -> int:
+        """The turn's charge before it is sent: its messages and the most it may generate."""
+        limit = self._params.get("max_tokens") or self._params.get("max_completion_tokens")
+        texts = [message["content"] for message in self.request_of(turn)]
+        model = self._params.get("model")
+        return estimate_tokens(
+            texts,
+            max_tokens=limit if isinstance(limit, int) else None,
+            model=model if isinstance(model, str) else None,
+        )
+
     async def run_turn(self, turn: TurnInput) -> TurnOutput:
         """Send context, history and query; raise a `BackendError` on failure."""
         if self.model is None:
             raise RuntimeError("LLMRunner used outside `async with`")
-        messages: list[BaseMessage] = []
-        if turn.context:
-            messages.append(SystemMessage(content=turn.context))
-        for query, answer in turn.history:
-            messages.append(HumanMessage(content=query))
-            messages.append(AIMessage(content=answer))
-        messages.append(HumanMessage(content=turn.batch.query))
+        kinds = {"system": SystemMessage, "user": HumanMessage, "assistant": AIMessage}
+        messages: list[BaseMessage] = [kinds[m["role"]](content=m["content"]) for m in self.request_of(turn)]
         try:
             if self._invoker is not None:
                 reply = await self._invoker.ainvoke(self.model, messages)
