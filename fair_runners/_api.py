@@ -11,12 +11,17 @@ from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ._budgets import RateBudget, resolve_budget
 from ._progress import ProgressCallback, ProgressEvent, RunFinished, SessionFinished
 from ._request import PreparedRun, prepare
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
 from ._text import cap_warnings
+from .cache import TurnCache, open_store
 from .engine import Deadline, Engine
+from .engine._pacing import close_pacer, open_pacer
+from .pacing import Pacer, bucket_id
+from .runners._base import Runner
 
 
 async def execute(
@@ -29,16 +34,26 @@ async def execute(
     request = prepared.request
     await prepared.vet_targets()  # DNS checks of the target URLs, off the event loop, before any request
     runner = prepared.build_runner()
-    async with runner:
-        engine = Engine(
-            runner,
-            prepared.options,
-            deadline=deadline,
-            redactor=prepared.redactor,
-            on_progress=on_progress,
-            use_history=request.mode == "llm",
-        )
-        outcome = await engine.run_sessions(request.datasets, prepared.run_id)
+    bucket, pacer = _pacer(prepared)
+    cache = _cache(prepared, runner)
+    try:
+        async with runner:
+            engine = Engine(
+                runner,
+                prepared.options,
+                deadline=deadline,
+                redactor=prepared.redactor,
+                on_progress=on_progress,
+                use_history=request.mode == "llm",
+                pacer=pacer,
+                cache=cache,
+            )
+            outcome = await engine.run_sessions(request.datasets, prepared.run_id)
+    finally:
+        pace = pacer.snapshot()
+        await close_pacer(bucket, pacer)
+        if cache is not None:
+            await cache.aclose()
     if on_progress is not None:
         try:
             on_progress(RunFinished(prepared.run_id, outcome.complete, outcome.totals))
@@ -50,6 +65,8 @@ async def execute(
             f"rate limited: concurrency was reduced to {outcome.min_concurrency} "
             f"(from {prepared.options.max_concurrency})"
         )
+    if pace.warning:
+        warnings.append(f"rate budget: {pace.warning}")
     if engine.circuit.reason:
         warnings.append(f"authentication failed; remaining turns were not sent: {engine.circuit.reason}")
     if not outcome.complete:
@@ -68,6 +85,41 @@ async def execute(
         totals=outcome.totals,
         warnings=cap_warnings(warnings),
     )
+
+
+def _cache(prepared: PreparedRun, runner: Runner) -> TurnCache | None:
+    """The run's response cache (None with `options.cache=off`): DynamoDB in the Lambda, SQLite elsewhere."""
+    options = prepared.request.options
+    target = prepared.target
+    if options.cache == "off" or target is None:
+        return None
+    store = open_store(lambda_env=prepared.lambda_env)
+    if store is None:  # the Lambda without a table: prepare() refused the request already
+        return None
+    return TurnCache(
+        store,
+        mode=options.cache,
+        ttl_s=options.cache_ttl_s,
+        runner=target.runner,
+        origin=target.origin,
+        target=target.target,
+        credential=target.credential,
+        params=target.params,
+        request_of=runner.request_of,
+        redactor=prepared.redactor,
+    )
+
+
+def _pacer(prepared: PreparedRun) -> tuple[str, Pacer]:
+    """The run's pacer: its budget (the deployer's for a deployment key, the request's for its own key)
+    and its bucket (origin, class, model and key, never the key itself)."""
+    target = prepared.target
+    assert target is not None
+    options = prepared.request.options
+    asked = RateBudget(options.requests_per_minute, options.tokens_per_minute)
+    budget = resolve_budget(target.budget_names, deployment_key=target.deployment_key, asked=asked)
+    bucket = bucket_id(target.origin, target.target, target.model, target.credential)
+    return bucket, open_pacer(bucket, budget, fan_out=prepared.request.fan_out)
 
 
 async def run(

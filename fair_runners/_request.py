@@ -8,6 +8,7 @@ it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._credentials import KeyRing
+from ._connectors import ConnectorSpec
+from ._credentials import KeyRing, origin_of
 from ._errors import InvalidRequest
 from ._limits import check_payload, check_request
 from ._netguard import parse_url, vet_url
@@ -26,6 +28,20 @@ from ._settings import Settings
 from ._text import MAX_WARNINGS, control_problem
 from .engine import EngineOptions
 from .runners._base import Runner
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Who a run talks to, with which credential: what its rate bucket and its cache entries belong to."""
+
+    runner: str  # "alquimia" or "llm"
+    origin: str  # the effective endpoint origin (scheme://host:port)
+    target: str  # the connector class, or the agent's path
+    model: str | None  # the model (LLM) or agent id
+    credential: str | None  # the key sent (the cache keys only an HMAC of it); None for the AWS role
+    deployment_key: bool  # a key (or role) the deployment holds: its budget is the deployer's
+    budget_names: tuple[str, ...]  # FAIR_RUNNERS_RATE_LIMITS targets, most specific first
+    params: dict[str, Any] = field(default_factory=dict)  # constructor params (LLM), for the cache key
 
 
 @dataclass
@@ -41,6 +57,8 @@ class PreparedRun:
     _runner_args: dict[str, Any] = field(default_factory=dict)
     # (URL, field) pairs whose host names are resolved and checked before the run sends anything.
     _urls: list[tuple[str, str]] = field(default_factory=list)
+    target: RunTarget | None = None
+    lambda_env: bool = False  # in the Lambda the response cache is the deployment's DynamoDB table
 
     async def vet_targets(self) -> None:
         """Resolve the target URLs' host names off the event loop and check every address; raise
@@ -149,8 +167,10 @@ def _prepare_alquimia(request: RunRequest, redactor: Redactor, keys: KeyRing) ->
         problems.append(_missing("config", "required: send `config` (Alquimia) or `connector` (LLM)"))
     base_url = asked_url
     api_key = secret
+    deployment_key = False
     if not secret:
         bound = keys.for_alquimia(asked_url)
+        deployment_key = bound is not None
         if bound is not None:
             api_key = bound.value
             base_url = asked_url or bound.base_url
@@ -193,7 +213,16 @@ def _prepare_alquimia(request: RunRequest, redactor: Redactor, keys: KeyRing) ->
     target = AlquimiaTarget(
         base_url=base_url, api_key=api_key, agent_id=agent_id, channel_id=channel_id, api_version=api_version
     )
-    return {"target": target, "urls": [(base_url, "config.base_url")]}
+    run_target = RunTarget(
+        runner="alquimia",
+        origin=origin_of(base_url) or base_url,
+        target=f"{target.root}/event/infer/{channel_id}/{agent_id}",
+        model=agent_id,
+        credential=api_key,
+        deployment_key=deployment_key,
+        budget_names=(f"alquimia:{agent_id}", "alquimia"),
+    )
+    return {"target": target, "urls": [(base_url, "config.base_url")], "run_target": run_target}
 
 
 def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict[str, Any]:
@@ -214,8 +243,10 @@ def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict
     check_params(spec, params)
     url_param = spec.url_param
     asked_url = (params.get(url_param) or None) if url_param else None
+    deployment_key = spec.transport == "boto3"  # the Lambda role's credentials
     if spec.key_env is not None and not any(params.get(name) for name in spec.key_params):
         bound = keys.for_llm(spec, asked_url)
+        deployment_key = bound is not None
         if bound is None:
             where = (
                 f"a connector.params.{url_param} of your own"
@@ -254,7 +285,41 @@ def _prepare_llm(request: RunRequest, redactor: Redactor, keys: KeyRing) -> dict
     urls = []
     if url_param and params.get(url_param):
         urls.append((params[url_param], f"connector.params.{url_param}"))
-    return {"model_class": model_class, "params": params, "urls": urls, "transport": spec.transport}
+    return {
+        "model_class": model_class,
+        "params": params,
+        "urls": urls,
+        "transport": spec.transport,
+        "run_target": _llm_target(spec, params, deployment_key),
+    }
+
+
+def _llm_target(spec: ConnectorSpec, params: dict[str, Any], deployment_key: bool) -> RunTarget:
+    from ._connectors import PROVIDERS
+
+    model = params.get("model") if isinstance(params.get("model"), str) else None
+    endpoint: str
+    if spec.transport == "boto3":
+        env = os.environ
+        region = params.get("region_name") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        aws = f"https://bedrock-runtime.{region}.amazonaws.com"
+        endpoint = env.get("AWS_ENDPOINT_URL_BEDROCK_RUNTIME") or aws
+    else:
+        asked = params.get(spec.url_param) if spec.url_param else params.get(spec.url_field or "")
+        endpoint = str(asked or spec.deployment_url() or spec.canonical)
+    credential = next((params[name] for name in spec.key_params if params.get(name)), None)
+    provider = next((name for name, path in PROVIDERS.items() if path == spec.canonical), spec.canonical)
+    secrets = set(spec.key_params)
+    return RunTarget(
+        runner="llm",
+        origin=origin_of(str(endpoint)) or str(endpoint),
+        target=spec.canonical,
+        model=model,
+        credential=credential if isinstance(credential, str) else None,
+        deployment_key=deployment_key,
+        budget_names=(f"{provider}:{model}", provider) if model else (provider,),
+        params={k: v for k, v in params.items() if k not in secrets},
+    )
 
 
 def _takes_a_key(model_class: type[Any]) -> bool:
@@ -272,6 +337,7 @@ def prepare(
     settings: Settings | None = None,
     credentials: Mapping[str, str] | None = None,
     keys: KeyRing | None = None,
+    lambda_env: bool = False,
 ) -> PreparedRun:
     """Validate everything that needs no network; raise `InvalidRequest` naming the field.
 
@@ -296,6 +362,17 @@ def prepare(
             [{"loc": "datasets_uri", "msg": "not read: use the Lambda or fair_runners.aws.load_request"}],
         )
     check_request(request)
+    if lambda_env and request.options.cache != "off" and not os.environ.get("FAIR_RUNNERS_CACHE_TABLE"):
+        raise InvalidRequest(
+            "options.cache needs this deployment's cache table",
+            [
+                {
+                    "loc": "options.cache",
+                    "msg": "this deployment has no response cache (env FAIR_RUNNERS_CACHE_TABLE is not set): "
+                    "send cache 'off', or deploy the template's cache table",
+                }
+            ],
+        )
     settings = settings or Settings.from_env()
     unknown = request.unknown_keys()
     warnings = [f"unknown key {key!r} ignored" for key in unknown[:MAX_WARNINGS]]
@@ -308,6 +385,15 @@ def prepare(
     else:
         runner_args = _prepare_alquimia(request, redactor, keys)
     urls = runner_args.pop("urls")
+    run_target = runner_args.pop("run_target")
+    if request.options.cache != "off" and request.mode == "llm":
+        temperature = run_target.params.get("temperature")
+        if not isinstance(temperature, int | float) or temperature > 0:
+            shown = "unset (the provider's default)" if temperature is None else f"{temperature:g}"
+            warnings.append(
+                f"options.cache={request.options.cache}: recorded answers are replayed, not resampled "
+                f"(temperature is {shown}); use cache 'refresh' or 'off' for fresh samples"
+            )
     return PreparedRun(
         request=request,
         options=_resolve_options(request, settings),
@@ -317,4 +403,6 @@ def prepare(
         settings=settings,
         _runner_args=runner_args,
         _urls=urls,
+        target=run_target,
+        lambda_env=lambda_env,
     )

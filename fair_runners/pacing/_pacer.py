@@ -15,12 +15,12 @@ slowdown factor that a 429 lowers (x0.8, at most once a second) and time restore
 spaced evenly at that rate (`Schedule`), and held while the provider's bucket as its headers describe it
 (`Mirror`: remaining, less what is still in flight) has no room, and while a 429's `Retry-After` runs.
 
-With neither a budget nor a shared budget, the first attempt goes alone (a probe) and the others wait for its
-outcome, at most `probe_timeout_s`: then either headers were seen (pacing on) or not, in which case `acquire`
-is a no-op (one clock read) and the engine's AIMD limiter alone handles the provider, unless headers show up
-later. An explicit requests budget is enforced by aiolimiter's `AsyncLimiter`: a fixed rate is where a library
-limiter fits (a bucket of 2, so that a late wake-up is caught up, not lost). Rates that change and token
-charges corrected afterwards use the pacer's own `Schedule` (see `_bucket`).
+With neither a budget nor a shared budget, the first attempt goes alone (a probe, unless `probe=False`) and
+the others wait for its outcome, at most `probe_timeout_s`: then either headers were seen (pacing on) or not,
+in which case `acquire` is a no-op (one clock read) and the engine's AIMD limiter alone handles the provider,
+unless headers show up later. An explicit requests budget is enforced by aiolimiter's `AsyncLimiter`: a
+fixed rate is where a library limiter fits (a bucket of 2, so that a late wake-up is caught up, not lost).
+Rates that change and token charges corrected afterwards use the pacer's own `Schedule` (see `_bucket`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ import contextlib
 import enum
 import math
 import time
-
-from aiolimiter import AsyncLimiter
+from typing import TYPE_CHECKING
 
 from ._bucket import Mirror, Schedule
 from ._headers import RateSignals
 from ._shared import SharedBudget
 from ._stats import PaceSnapshot, SendLog
+
+if TYPE_CHECKING:
+    from aiolimiter import AsyncLimiter
 
 HEADROOM = 0.98  # learned limits are paced this much under (the provider's clock and ours differ a little)
 SLOWDOWN = 0.8  # a 429 multiplies the pace by this ...
@@ -62,6 +64,7 @@ class Pacer:
         tokens_per_minute: float | None = None,
         shared: SharedBudget | None = None,
         probe_timeout_s: float = 2.0,
+        probe: bool = True,
     ) -> None:
         for name, value in (
             ("requests_per_minute", requests_per_minute),
@@ -74,7 +77,11 @@ class Pacer:
         self._shared = shared
         self._probe_timeout_s = probe_timeout_s
         # A bucket of 2: a send that wakes up late is caught up by the next one instead of lost for good.
-        self._limiter = AsyncLimiter(2, 120.0 / requests_per_minute) if requests_per_minute else None
+        self._limiter: AsyncLimiter | None = None
+        if requests_per_minute:
+            from aiolimiter import AsyncLimiter  # only with a budget (the merge step never needs it)
+
+            self._limiter = AsyncLimiter(2, 120.0 / requests_per_minute)
         self._requests, self._tokens = Schedule(), Schedule()
         self._req_mirror, self._tok_mirror = Mirror(), Mirror()
         self._learned_rpm: float | None = None
@@ -84,7 +91,9 @@ class Pacer:
         self._last_decrease = -math.inf
         self._paused_until = 0.0
         budgeted = requests_per_minute is not None or tokens_per_minute is not None
-        self._mode = _Mode.PACED if budgeted else _Mode.PROBE
+        # `probe=False`: what this provider does is known already (an earlier run in this process saw it):
+        # start free, and pace as soon as headers show limits.
+        self._mode = _Mode.PACED if budgeted else (_Mode.PROBE if probe else _Mode.FREE)
         self._probe_at: float | None = None
         self._contact = asyncio.Event()
         self._lock = asyncio.Lock()
