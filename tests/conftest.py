@@ -45,6 +45,14 @@ def _no_real_providers(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_BASE_S", "0.05")
     monkeypatch.setenv("FAIR_RUNNERS_BACKOFF_MAX_S", "0.5")
+    for name in ("FAIR_RUNNERS_RATE_LIMITS", "FAIR_RUNNERS_RATE_TABLE", "FAIR_RUNNERS_CACHE_TABLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _own_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's response cache (the local SQLite store) lives in its own folder, never ~/.cache."""
+    monkeypatch.setenv("FAIR_RUNNERS_CACHE_DIR", str(tmp_path / "fair-runners-cache"))
 
 
 # Names the fake resolver knows; any other name "does not resolve". No test ever asks real DNS.

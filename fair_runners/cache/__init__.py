@@ -18,6 +18,7 @@ from ._key import (
 from ._open import BUCKET_ENV, TABLE_ENV, open_store
 from ._sqlite import SqliteStore, cache_dir
 from ._store import CachedAnswer, CacheStore
+from ._turns import TurnCache
 
 __all__ = [
     "BUCKET_ENV",
@@ -33,6 +34,7 @@ __all__ = [
     "CachedAnswer",
     "DynamoStore",
     "SqliteStore",
+    "TurnCache",
     "cache_dir",
     "credential_digest",
     "is_denied",

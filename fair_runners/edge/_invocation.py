@@ -50,7 +50,7 @@ def answer_request(
     aws_settings = aws.AwsSettings.from_env()
     request = aws.load_request(payload, aws_settings)  # reads datasets_uri / request_uri from S3
     credentials = aws.resolve_credentials(request, aws_settings)  # deployment keys from secret stores
-    prepared = prepare(request, settings=settings, credentials=credentials)
+    prepared = prepare(request, settings=settings, credentials=credentials, lambda_env=True)
     logger.append_keys(run_id=prepared.run_id, mode=prepared.request.mode)
     spill_to = aws.destination(prepared.request, aws_settings, prepared.run_id, part)
     aws.check_fits(prepared.request, channel, can_spill=spill_to is not None, idempotent=idempotent)
@@ -94,7 +94,7 @@ def start_execution(payload: Any) -> dict[str, Any]:
 
     def validate(checked: RunRequest) -> list[str]:
         credentials = aws.resolve_credentials(checked, aws_settings)
-        prepared = prepare(checked, settings=settings, credentials=credentials)
+        prepared = prepare(checked, settings=settings, credentials=credentials, lambda_env=True)
         asyncio.run(prepared.vet_targets())
         return prepared.warnings
 
