@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fair_runners.cli._demo import bundled_events, response_object, retarget
+from fair_runners.cli._demo import bundled_events, provider_emulators, response_object, retarget
 from fair_runners.cli._invoke import LambdaContext, invoke
 from fair_runners.testing import AlquimiaAgent, OpenAICompatServer
 
@@ -24,10 +24,12 @@ EVENT_FILES = sorted(p.name for p in EVENTS_DIR.glob("*.json"))
 def test_invoke_every_sample_event(
     name: str, agent: AlquimiaAgent, llm: OpenAICompatServer, tmp_path: Path
 ) -> None:
-    event = retarget(json.loads((EVENTS_DIR / name).read_text()), agent.url, llm.url)  # type: ignore[attr-defined]
-    path = tmp_path / name
-    path.write_text(json.dumps(event))
-    proc = cli("invoke", str(path), "--timeout", "30")
+    # The provider samples (Bedrock, Anthropic, Azure) run against their emulators, as the demo does.
+    with provider_emulators(0.0) as azure_url:
+        event = retarget(json.loads((EVENTS_DIR / name).read_text()), agent.url, llm.url, azure_url)  # type: ignore[attr-defined]
+        path = tmp_path / name
+        path.write_text(json.dumps(event))
+        proc = cli("invoke", str(path), "--timeout", "60")
     assert proc.returncode == 0, proc.stderr
     status, result = response_object(json.loads(proc.stdout))  # stdout holds only the response
     if "statusCode" in event or "requestContext" in event:

@@ -143,6 +143,31 @@ def run(
         ),
     ] = None,
     run_id: Annotated[str | None, typer.Option(help="The run id.", rich_help_panel=_OPTIONS)] = None,
+    rpm: Annotated[
+        float | None,
+        typer.Option(
+            "--rpm",
+            min=0.001,
+            help="Requests per minute to pace to (the provider's limit).",
+            rich_help_panel=_OPTIONS,
+        ),
+    ] = None,
+    tpm: Annotated[
+        float | None,
+        typer.Option("--tpm", min=0.001, help="Tokens per minute to pace to.", rich_help_panel=_OPTIONS),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            help="Response cache: use (replay hits, record misses), refresh (call and record), only (replay, "
+            "send nothing). Local SQLite in FAIR_RUNNERS_CACHE_DIR or ~/.cache/fair-runners.",
+            rich_help_panel=_OPTIONS,
+        ),
+    ] = None,
+    cache_ttl: Annotated[
+        float | None,
+        typer.Option(min=1.0, help="Seconds a recorded answer may be replayed.", rich_help_panel=_OPTIONS),
+    ] = None,
 ) -> None:
     """Run a request or a dataset file with the library (no Lambda), with live progress.
 
@@ -162,6 +187,10 @@ def run(
         history=history,
         skip_answered=skip_answered,
         run_id=run_id,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+        cache=cache,
+        cache_ttl_s=cache_ttl,
     )
     args = RunArgs(request, flags, output, fmt, resume, deadline, quiet)
     raise typer.Exit(run_command(args, stderr_console()))

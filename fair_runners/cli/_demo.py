@@ -66,7 +66,7 @@ def retarget(event: Any, agent_url: str, llm_url: str, azure_url: str | None = N
 
 
 @contextlib.contextmanager
-def _provider_emulators(latency_s: float) -> Iterator[str]:
+def provider_emulators(latency_s: float) -> Iterator[str]:
     """The Bedrock, Anthropic and Azure OpenAI emulators, with the deployer env that points the first two
     at them (and dummy AWS credentials the Bedrock emulator does not check); yields the Azure endpoint."""
     from ..testing import AnthropicEmulator, AzureOpenAIEmulator, BedrockEmulator, LoopbackServer
@@ -121,7 +121,7 @@ def run_demo(events: list[tuple[str, str]], latency_ms: float, console: Console)
     with (
         LoopbackServer(agent.app) as agent_server,
         LoopbackServer(llm.app) as llm_server,
-        _provider_emulators(latency_ms / 1000) as azure_url,
+        provider_emulators(latency_ms / 1000) as azure_url,
     ):
         allow_hosts([f"{s.host}:{s.port}" for s in (agent_server, llm_server)])
         console.print(

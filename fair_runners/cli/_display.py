@@ -26,6 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._progress import (
+    PaceReport,
     ProgressEvent,
     RunFinished,
     RunProgress,
@@ -69,6 +70,7 @@ class ProgressDisplay:
         self.state = RunProgress()
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._backing_off = False
 
     def __enter__(self) -> ProgressDisplay:
         if self.mode == "live":
@@ -79,7 +81,7 @@ class ProgressDisplay:
                 MofNCompleteColumn(),
                 TextColumn("turns · {task.fields[sessions]} sessions"),
                 TextColumn("· [green]{task.fields[ok]} ok[/] · [red]{task.fields[failed]} failed[/]"),
-                TextColumn("· [yellow]{task.fields[retries]} retries[/]"),
+                TextColumn("· [yellow]{task.fields[retries]} retries[/]{task.fields[pace]}"),
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
@@ -116,6 +118,7 @@ class ProgressDisplay:
             "ok": s.ok + s.kept,
             "failed": s.failed,
             "retries": s.retries,
+            "pace": _pace(s),
         }
         if self._task is None:
             self._task = self._progress.add_task(
@@ -125,6 +128,13 @@ class ProgressDisplay:
 
     def _line(self, event: ProgressEvent) -> str | None:
         s = self.state
+        if isinstance(event, PaceReport):
+            changed = event.backing_off != self._backing_off
+            self._backing_off = event.backing_off
+            if not changed:
+                return None
+            state = "[yellow]backing off[/] (the provider said 429)" if event.backing_off else "back to pace"
+            return f"pace: {state}; {event.requests_per_minute:,.0f} requests/min sent"
         if isinstance(event, RunStarted):
             return (
                 f"run {escape(event.run_id)} ({event.mode}): {event.sessions} sessions, {event.turns} turns"
@@ -217,3 +227,16 @@ def print_result(console: Console, result: RunResult, title: str | None = None) 
         console.print(f"... and {len(failures) - 5} more failed turns (see the output)")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def _pace(state: RunProgress) -> str:
+    """` · 1,180 req/min · 52,000 tok/min · backing off` while the run paces, else nothing."""
+    pace = state.pace
+    if pace is None:
+        return ""
+    text = f" · {pace.requests_per_minute:,.0f} req/min"
+    if pace.tokens_per_minute:
+        text += f" · {pace.tokens_per_minute:,.0f} tok/min"
+    if state.cache_hits:
+        text += f" · {state.cache_hits} cached"
+    return text + (" · [yellow]backing off[/]" if pace.backing_off else "")

@@ -49,6 +49,10 @@ class TargetFlags:
     history: bool | None = None
     skip_answered: bool | None = None
     run_id: str | None = None
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    cache: str | None = None
+    cache_ttl_s: float | None = None
 
 
 def _bad(loc: str, msg: str, summary: str | None = None) -> InvalidRequest:
@@ -141,11 +145,20 @@ def apply_flags(request: dict[str, Any], flags: TargetFlags) -> dict[str, Any]:
         connector = dict(request.get("connector") or {})
         params = dict(connector.get("params") or {})
         params.update(_param(item) for item in flags.params)
-        if flags.model:
+        spelled = isinstance(connector.get("model"), str) and not flags.connector_class
+        if flags.model and spelled:  # the file names "<provider>:<model>": keep its provider
+            connector["model"] = f"{connector['model'].partition(':')[0]}:{flags.model}"
+        elif flags.model:
             params["model"] = flags.model
         if flags.base_url:
             params["base_url"] = flags.base_url
-        connector["class_path"] = flags.connector_class or connector.get("class_path") or DEFAULT_CONNECTOR
+        if spelled:
+            connector.pop("class_path", None)
+        else:
+            connector.pop("model", None)
+            connector["class_path"] = (
+                flags.connector_class or connector.get("class_path") or DEFAULT_CONNECTOR
+            )
         connector["params"] = params
         request["connector"] = connector
         if llm_flags:
@@ -171,6 +184,10 @@ def apply_flags(request: dict[str, Any], flags: TargetFlags) -> dict[str, Any]:
         ("max_attempts", flags.max_attempts),
         ("history", flags.history),
         ("skip_answered", flags.skip_answered),
+        ("requests_per_minute", flags.requests_per_minute),
+        ("tokens_per_minute", flags.tokens_per_minute),
+        ("cache", flags.cache),
+        ("cache_ttl_s", flags.cache_ttl_s),
     )
     for name, flag in option_flags:
         if flag is not None:
