@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote
@@ -128,7 +128,7 @@ class Redactor:
                 continue
             if secret[:_MIN_FRAGMENT] in text or secret[-_MIN_FRAGMENT:] in text:
                 return True
-            if len(secret) >= _MIN_RUN and any(piece in text for piece in _pieces(secret)):
+            if len(secret) >= _MIN_RUN and next(_run_spans(text, secret), None) is not None:
                 return True
         return False
 
@@ -166,16 +166,11 @@ def _mask_fragments(text: str, secret: str) -> str:
     return text
 
 
-def _pieces(secret: str) -> list[str]:
-    """The secret's `_GRAM`-character pieces at multiples of `_GRAM` (see `_GRAM`)."""
-    return [secret[at : at + _GRAM] for at in range(0, len(secret) - _GRAM + 1, _GRAM)]
-
-
-def _mask_runs(text: str, secret: str) -> str:
-    """Mask every run of `_MIN_RUN` or more consecutive characters of `secret` in `text`, wherever it is."""
+def _run_spans(text: str, secret: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of runs of `_MIN_RUN` or more consecutive characters of `secret` in `text` (maybe
+    overlapping). Each is found from one of the secret's aligned pieces, then grown both ways."""
     if len(secret) < _MIN_RUN or len(text) < _MIN_RUN:
-        return text
-    spans: list[tuple[int, int]] = []
+        return
     for at in range(0, len(secret) - _GRAM + 1, _GRAM):
         piece = secret[at : at + _GRAM]
         found = text.find(piece)
@@ -198,9 +193,14 @@ def _mask_runs(text: str, secret: str) -> str:
                 ):
                     right += 1
                 if left + right >= _MIN_RUN:
-                    spans.append((found - left, found + right))
+                    yield found - left, found + right
                 start = secret.find(piece, start + 1)
             found = text.find(piece, found + 1)
+
+
+def _mask_runs(text: str, secret: str) -> str:
+    """Mask every run of `_MIN_RUN` or more consecutive characters of `secret` in `text`, wherever it is."""
+    spans = list(_run_spans(text, secret))
     if not spans:
         return text
     spans.sort()

@@ -23,6 +23,7 @@ def _texts(draw: st.DrawFn, secrets: list[str]) -> str:
     secret = draw(st.sampled_from(secrets))
     filler = draw(st.text(max_size=12))
     size = draw(st.integers(min_value=1, max_value=len(secret)))
+    start = draw(st.integers(min_value=0, max_value=max(0, len(secret) - size)))
     return draw(
         st.sampled_from(
             [
@@ -30,6 +31,7 @@ def _texts(draw: st.DrawFn, secrets: list[str]) -> str:
                 f"{filler}{secret}{filler}",
                 f"{filler}{secret[:size]}",
                 f"{secret[-size:]}{filler}",
+                f"{filler}{secret[start : start + size]}{filler}",  # a run from the middle
                 secret,
             ]
         )
@@ -71,3 +73,32 @@ def test_a_clean_response_is_returned_as_is_and_a_dirty_one_is_masked() -> None:
         masked = redactor.redact_obj(body, patterns=False)
         assert REDACTED in masked["datasets"][0]["conversation"][0]["assistant"], dirty
         assert key[:6] not in json.dumps(masked) and key[-6:] not in json.dumps(masked)
+
+
+_key = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=8, max_size=48
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=_key, data=st.data())
+def test_no_run_of_eight_characters_of_a_key_survives(key: str, data: st.DataObject) -> None:
+    """Any run of 8+ consecutive characters of the key, anywhere in a text, in the usual encodings, and
+    with suffixes added before redaction: none survives."""
+    import base64
+    from urllib.parse import quote
+
+    size = data.draw(st.integers(min_value=8, max_value=len(key)))
+    start = data.draw(st.integers(min_value=0, max_value=len(key) - size))
+    run = key[start : start + size]
+    form = data.draw(
+        st.sampled_from(
+            [run, quote(run, safe=""), json.dumps(run)[1:-1], base64.b64encode(key.encode()).decode()]
+        )
+    )
+    before, after = data.draw(st.text(max_size=20)), data.draw(st.text(max_size=20))
+    text = f"{before}{form}{after} (no time left to retry before the deadline)"
+    redacted = Redactor([key]).redact(text, patterns=False)
+    for i in range(len(key) - 7):
+        assert key[i : i + 8] not in redacted, (key, text, redacted)
+    assert REDACTED in redacted

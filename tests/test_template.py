@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +180,30 @@ def test_state_machine_is_consistent() -> None:
     assert map_state["ResultWriter"]["Resource"] == "arn:aws:states:::s3:putObject"
     assert asl["States"]["MergeResults"]["Parameters"]["FunctionName"].startswith("arn:aws:lambda:")
     assert map_state["ResultPath"] == "$.map" and asl["States"]["MergeResults"]["End"] is True
+
+
+def test_the_rate_and_cache_tables_match_the_library(template: dict[str, Any]) -> None:
+    from fair_runners import cache, pacing
+
+    resources = template["Resources"]
+    for name, key, ttl in (
+        ("RateTable", pacing.KEY_ATTRIBUTE, pacing.TTL_ATTRIBUTE),
+        ("CacheTable", cache.KEY_ATTRIBUTE, cache.TTL_ATTRIBUTE),
+    ):
+        table = resources[name]["Properties"]
+        assert table["KeySchema"] == [{"AttributeName": key, "KeyType": "HASH"}]
+        assert table["TimeToLiveSpecification"] == {"AttributeName": ttl, "Enabled": True}
+        assert table["BillingMode"] == "PAY_PER_REQUEST"
+    env = resources["RunnerFunction"]["Properties"]["Environment"]["Variables"]
+    assert env[pacing.ENV_TABLE] == {"Ref": "RateTable"}
+    assert env[cache.TABLE_ENV] == {"Ref": "CacheTable"} and env[cache.BUCKET_ENV] == {"Ref": "ResultsBucket"}
+    statements = {s.get("Sid"): s for s in _statements(resources["RunnerFunction"]["Properties"]["Policies"])}
+    assert set(statements["SharedRateBudget"]["Action"]) == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+    }
+    assert set(statements["ResponseCache"]["Action"]) == {"dynamodb:GetItem", "dynamodb:PutItem"}
+    machine = json.loads((ROOT / "statemachine" / "runs.asl.json").read_text())
+    batch_input = machine["States"]["RunBatches"]["ItemBatcher"]["BatchInput"]
+    assert batch_input["fan_out.$"] == "$.settings.max_concurrency"  # the fallback share of a budget

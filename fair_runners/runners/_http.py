@@ -19,30 +19,9 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
-from .._errors import AnswerTooLarge, ProtocolError
+from .._errors import ProtocolError
 from .._proxies import proxy_settings
-
-MIB = 1024 * 1024
-
-
-def too_large(what: str, limit: int) -> AnswerTooLarge:
-    """The error of a reply over its cap (names the env variable that sets it)."""
-    return AnswerTooLarge(
-        f"{what} is larger than {limit:,} bytes (decoded); the limit is env FAIR_RUNNERS_MAX_ANSWER_BYTES"
-    )
-
-
-async def read_capped(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-    """The whole (decoded) body, or `AnswerTooLarge` as soon as it passes `limit` bytes."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(what, limit)
-        parts.append(chunk)
-        await asyncio.sleep(0)  # buffered data comes back without waiting: let timeouts fire
-    return b"".join(parts)
+from ._reading import too_large
 
 
 @functools.cache
@@ -64,6 +43,8 @@ class ProviderTransport(httpx.AsyncBaseTransport):
         self._session = session
         self._max = max_body_bytes
         self._by_proxy: dict[str | None, AiohttpTransport] = {}
+        self._proxies = proxy_settings()  # read once per run, not per request
+        self._proxy_of: dict[tuple[str, str, int | None], str | None] = {}
 
     def _transport(self, proxy: str | None) -> AiohttpTransport:
         transport = self._by_proxy.get(proxy)
@@ -80,7 +61,11 @@ class ProviderTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send through the session (the proxy chosen for this URL); return a size-capped response."""
         request.headers["Accept-Encoding"] = "identity"
-        proxy = proxy_settings().proxy_for(str(request.url))
+        url = request.url
+        where = (url.scheme, url.host, url.port)
+        if where not in self._proxy_of:
+            self._proxy_of[where] = self._proxies.proxy_for(str(url))
+        proxy = self._proxy_of[where]
         response = await self._transport(proxy).handle_async_request(request)
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):

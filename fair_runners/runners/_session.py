@@ -11,7 +11,6 @@ deployer chose, is exempt. Redirects are never followed (each request says so).
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from typing import Any
 
@@ -21,7 +20,6 @@ import aiohttp.connector
 import aiohttp.tracing
 
 from .._netguard import (
-    ALLOWED_HOSTS_ENV,
     BlockedAddress,
     LookupFailed,
     check_addresses,
@@ -96,7 +94,9 @@ class GuardedConnector(aiohttp.TCPConnector):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._verdicts: dict[tuple[str, int, str, bool], str | None] = {}
+        # One verdict per (host, port, proxied) for the session's life (a run): the same few hosts come back
+        # on every request, and the allowlist is read when the session opens.
+        self._verdicts: dict[tuple[str, int, bool], str | None] = {}
 
     async def connect(
         self,
@@ -107,9 +107,9 @@ class GuardedConnector(aiohttp.TCPConnector):
         host = (req.url.raw_host or "").strip("[]")
         port = req.url.port or 0
         proxied = req.proxy is not None
-        key = (host, port, os.environ.get(ALLOWED_HOSTS_ENV, ""), proxied)
+        key = (host, port, proxied)
         refusal = self._verdicts.get(key, "")
-        if refusal == "":  # not seen yet (the same few hosts come back on every request of a run)
+        if refusal == "":  # not seen yet
             refusal = _literal_refusal(host, port)
             if refusal is None and proxied:
                 refusal = await _name_refusal(host, port)

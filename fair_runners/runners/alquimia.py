@@ -33,7 +33,7 @@ from .._proxies import proxy_settings
 from .._text import control_problem
 from ..pacing import estimate_tokens
 from ._base import HeadersHook, TurnInput, TurnOutput
-from ._http import MIB, read_capped, too_large
+from ._reading import MIB, read_capped, too_large
 from ._session import guarded_session
 from ._sse import SSEDecoder, SSELimitExceeded
 

@@ -27,8 +27,9 @@ from .._connectors import Transport
 from .._errors import EmptyAnswer, InvalidRequest, PermanentBackendError
 from ..pacing import estimate_tokens
 from ._base import HeadersHook, TurnInput, TurnOutput
-from ._http import MIB, ProviderTransport
+from ._http import ProviderTransport
 from ._provider_errors import classify_provider_error
+from ._reading import MIB
 from ._session import guarded_session
 from ._threaded import ThreadedInvoker
 
