@@ -31,6 +31,7 @@ from ._progress import (
     TurnRetrying,
 )
 from ._request import PreparedRun, parse_request, prepare
+from ._rundir import RunDirectory, resume_request
 from ._schemas import (
     AlquimiaConfig,
     Batch,
@@ -69,6 +70,7 @@ __all__ = [
     "ProgressEvent",
     "ProtocolError",
     "RateLimited",
+    "RunDirectory",
     "RunFinished",
     "RunOptions",
     "RunProgress",
@@ -88,6 +90,7 @@ __all__ = [
     "iter_sessions",
     "parse_request",
     "prepare",
+    "resume_request",
     "run",
     "run_sync",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ._budgets import RateBudget, resolve_budget
 from ._progress import ProgressCallback, ProgressEvent, RunFinished, SessionFinished
 from ._request import PreparedRun, prepare
+from ._rundir import RunDirectory
 from ._schemas import Dataset, RunRequest, RunResult, SessionSummary
 from ._settings import Settings
 from ._text import cap_warnings
@@ -29,8 +31,17 @@ async def execute(
     *,
     deadline: Deadline | None = None,
     on_progress: ProgressCallback | None = None,
+    run_dir: RunDirectory | None = None,
 ) -> RunResult:
-    """Run a prepared request inside the current event loop."""
+    """Run a prepared request inside the current event loop (its artifacts in `run_dir`, when given)."""
+    if run_dir is not None:
+        on_progress = _both(run_dir.record, on_progress)
+        try:
+            result = await execute(prepared, deadline=deadline, on_progress=on_progress)
+        finally:
+            run_dir.close()  # what was recorded stays, whatever happened
+        run_dir.finish(result)
+        return result
     request = prepared.request
     await prepared.vet_targets()  # DNS checks of the target URLs, off the event loop, before any request
     runner = prepared.build_runner()
@@ -87,6 +98,25 @@ async def execute(
     )
 
 
+def _both(first: ProgressCallback, second: ProgressCallback | None) -> ProgressCallback:
+    if second is None:
+        return first
+
+    def both(event: ProgressEvent) -> None:
+        first(event)
+        second(event)
+
+    return both
+
+
+def _run_dir(
+    prepared: PreparedRun, path: str | os.PathLike[str] | None, overwrite: bool
+) -> RunDirectory | None:
+    if path is None:
+        return None
+    return RunDirectory.open(path, prepared.request, prepared.run_id, prepared.redactor, overwrite=overwrite)
+
+
 def _cache(prepared: PreparedRun, runner: Runner) -> TurnCache | None:
     """The run's response cache (None with `options.cache=off`): DynamoDB in the Lambda, SQLite elsewhere."""
     options = prepared.request.options
@@ -128,10 +158,20 @@ async def run(
     deadline_s: float | None = None,
     on_progress: ProgressCallback | None = None,
     settings: Settings | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Validate and run a request; `deadline_s` bounds the whole run (skipped turns past it)."""
+    """Validate and run a request; `deadline_s` bounds the whole run (skipped turns past it).
+
+    `run_dir` keeps the run's artifacts there as it goes (`records.jsonl`, `manifest.json`, the result), so a
+    crashed run resumes from them (`resume_request`); a folder holding another run is refused unless
+    `overwrite`.
+    """
     prepared = prepare(request, settings=settings)
-    return await execute(prepared, deadline=Deadline.after(deadline_s), on_progress=on_progress)
+    folder = _run_dir(prepared, run_dir, overwrite)
+    return await execute(
+        prepared, deadline=Deadline.after(deadline_s), on_progress=on_progress, run_dir=folder
+    )
 
 
 def run_sync(
@@ -140,15 +180,26 @@ def run_sync(
     deadline_s: float | None = None,
     on_progress: ProgressCallback | None = None,
     settings: Settings | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Blocking `run()`, in a fresh event loop.
+    """Blocking `run()`, in a fresh event loop (`run_dir`, `overwrite`: as for `run`).
 
     Inside a running loop (a Jupyter notebook, an async service) the run gets its own loop on a worker
     thread, so the call still blocks and returns the result instead of failing.
     """
 
     def _run_in_new_loop() -> RunResult:
-        return asyncio.run(run(request, deadline_s=deadline_s, on_progress=on_progress, settings=settings))
+        return asyncio.run(
+            run(
+                request,
+                deadline_s=deadline_s,
+                on_progress=on_progress,
+                settings=settings,
+                run_dir=run_dir,
+                overwrite=overwrite,
+            )
+        )
 
     try:
         asyncio.get_running_loop()
@@ -164,12 +215,15 @@ async def iter_sessions(
     deadline_s: float | None = None,
     on_progress: ProgressCallback | None = None,
     settings: Settings | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
 ) -> AsyncIterator[tuple[Dataset, SessionSummary]]:
     """Yield each session's (dataset, summary) as soon as it finishes, in completion order.
 
-    `on_progress`, when given, also receives every progress event (as with `run`).
+    `on_progress`, when given, also receives every progress event (as with `run`); `run_dir` as for `run`.
     """
     prepared = prepare(request, settings=settings)
+    folder = _run_dir(prepared, run_dir, overwrite)
     queue: asyncio.Queue[ProgressEvent | None] = asyncio.Queue()
 
     def _forward(event: ProgressEvent) -> None:
@@ -177,7 +231,9 @@ async def iter_sessions(
         if on_progress is not None:
             on_progress(event)
 
-    task = asyncio.create_task(execute(prepared, deadline=Deadline.after(deadline_s), on_progress=_forward))
+    task = asyncio.create_task(
+        execute(prepared, deadline=Deadline.after(deadline_s), on_progress=_forward, run_dir=folder)
+    )
     task.add_done_callback(lambda _: queue.put_nowait(None))
     try:
         while (event := await queue.get()) is not None:

@@ -73,11 +73,26 @@ def run(
     resume: Annotated[
         Path | None,
         typer.Option(
-            help="A previous result (.json or .jsonl): keep its answers, run only the missing or failed "
-            "turns, write the merged result (to -o, else back to this file).",
+            help="A run folder (--run-dir): send exactly the turns it has no record of, even after a crash "
+            "(kill -9), and write the full result there. Or a previous result (.json or .jsonl): keep its "
+            "answers, run only the missing or failed turns, write the merged result (-o, else back to it).",
             rich_help_panel=_OUTPUT,
         ),
     ] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record the run in this folder as it goes: records.jsonl (one line per finished turn, "
+            "flushed), manifest.json, request.json, result.json. Resume it with --resume DIR.",
+            rich_help_panel=_OUTPUT,
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Let --run-dir start afresh in a folder that holds another run.", rich_help_panel=_OUTPUT
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("-q", "--quiet", help="No progress, no summary.", rich_help_panel=_OUTPUT)
     ] = False,
@@ -192,7 +207,7 @@ def run(
         cache=cache,
         cache_ttl_s=cache_ttl,
     )
-    args = RunArgs(request, flags, output, fmt, resume, deadline, quiet)
+    args = RunArgs(request, flags, output, fmt, resume, deadline, quiet, run_dir, overwrite)
     raise typer.Exit(run_command(args, stderr_console()))
 
 

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from .. import ConfigurationError, Deadline, InvalidRequest, RunResult, Settings, execute, prepare
 from .._credentials import KeyRing, origin_of
+from .._rundir import RunDirectory, resume_request
 from . import _inputs, _outputs
 from ._display import ProgressDisplay, pick_mode, print_result
 
@@ -35,6 +36,8 @@ class RunArgs:
     resume: Path | None = None
     deadline_s: float | None = None
     quiet: bool = False
+    run_dir: Path | None = None
+    overwrite: bool = False
 
 
 def print_invalid(console: Console, exc: InvalidRequest) -> None:
@@ -52,6 +55,13 @@ def build_request(args: RunArgs) -> dict[str, Any]:
             "nothing to run: give a request or dataset file (or --resume RESULT.json)",
             [{"loc": "REQUEST", "msg": "missing"}],
         )
+    if args.resume is not None and args.resume.is_dir():  # a run folder: its request and its records
+        if args.request_file is not None:
+            raise InvalidRequest(
+                "--resume DIR resumes the run recorded there: give no request file",
+                [{"loc": "REQUEST", "msg": "not with --resume DIR"}],
+            )
+        return _inputs.apply_flags(resume_request(args.resume), args.flags)
     previous: dict[str, Any] | None = None
     if args.resume is not None:
         previous = _inputs.as_request(_inputs.read_json_file(args.resume), str(args.resume))
@@ -74,8 +84,11 @@ def run_command(args: RunArgs, console: Console) -> int:
         console.print(f"[red]error:[/] --format: {escape(str(exc))}")
         return EXIT_BAD_INPUT
     output = args.output
-    if output is None and args.resume is not None:
-        output = args.resume  # --resume without -o updates the result file in place
+    run_dir = args.run_dir
+    if args.resume is not None and args.resume.is_dir():
+        run_dir = run_dir or args.resume  # the run goes on recording where it was
+    elif output is None and args.resume is not None:
+        output = args.resume  # --resume RESULT.json without -o updates the result file in place
         fmt = _outputs.choose_format(output, args.fmt)
     try:
         request = build_request(args)
@@ -85,6 +98,11 @@ def run_command(args: RunArgs, console: Console) -> int:
             KeyRing.from_env(operator_origin=origin_of(args.flags.base_url)) if args.flags.base_url else None
         )
         prepared = prepare(request, settings=Settings.from_env(), keys=keys)
+        folder = None
+        if run_dir is not None:
+            folder = RunDirectory.open(
+                run_dir, prepared.request, prepared.run_id, prepared.redactor, overwrite=args.overwrite
+            )
     except InvalidRequest as exc:
         print_invalid(console, exc)
         return EXIT_BAD_INPUT
@@ -95,18 +113,34 @@ def run_command(args: RunArgs, console: Console) -> int:
     try:
         with display:
             result: RunResult = asyncio.run(
-                execute(prepared, deadline=Deadline.after(args.deadline_s), on_progress=display.on_progress)
+                execute(
+                    prepared,
+                    deadline=Deadline.after(args.deadline_s),
+                    on_progress=display.on_progress,
+                    run_dir=folder,
+                )
             )
     except KeyboardInterrupt:
-        console.print(
-            "interrupted: nothing was written. --deadline S stops a run in time and keeps its answers; "
-            "--resume RESULT.json finishes one."
-        )
+        if folder is not None:
+            console.print(
+                f"interrupted: every finished turn is in {escape(str(folder.path))}/records.jsonl; "
+                f"`fair-runners run --resume {escape(str(folder.path))}` finishes the run."
+            )
+        else:
+            console.print(
+                "interrupted: nothing was written. --run-dir DIR records every turn as it finishes; "
+                "--deadline S stops a run in time and keeps its answers; --resume RESULT.json finishes one."
+            )
         return EXIT_INTERRUPTED
-    _outputs.write(result, output, fmt)
+    if output is not None or folder is None:
+        _outputs.write(result, output, fmt)
     if not args.quiet:
         print_result(console, result)
         if output is not None and str(output) != "-":
             console.print(f"wrote {escape(str(output))} ({fmt})")
+        if folder is not None:
+            console.print(
+                f"run folder: {escape(str(folder.path))} (records.jsonl, manifest.json, result.json)"
+            )
     totals = result.totals
     return EXIT_OK if totals.successes == totals.turns else EXIT_INCOMPLETE
