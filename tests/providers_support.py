@@ -78,6 +78,10 @@ def provider_env(patch: pytest.MonkeyPatch, tmp: Path) -> None:
     """No developer credentials, profiles or endpoints; dummy AWS keys (the emulator ignores SigV4)."""
     for name in PROVIDER_ENV:
         patch.delenv(name, raising=False)
+    # A fresh default boto3 session: an earlier test's (moto's "testing" keys) would keep its credentials.
+    import boto3
+
+    patch.setattr(boto3, "DEFAULT_SESSION", None)
     patch.setenv("AWS_CONFIG_FILE", str(tmp / "no-aws-config"))
     patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp / "no-aws-credentials"))
     patch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
