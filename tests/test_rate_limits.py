@@ -239,3 +239,23 @@ def test_a_missing_table_falls_back_to_an_even_share_with_a_warning(
     assert any(w.startswith("rate budget:") and "no-such-table" in w for w in result.warnings), (
         result.warnings
     )
+
+
+def test_the_pace_and_the_429s_go_to_the_metrics(
+    provider: tuple[RateLimitGate, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from handler.app import lambda_handler
+
+    from .conftest import FakeLambdaContext
+
+    gate, url = provider
+    capsys.readouterr()
+    result = lambda_handler(_llm(url, sessions=30, turns=4), FakeLambdaContext())
+    documents = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')
+    ]
+    values = {k: v for d in documents for k, v in d.items() if k != "_aws"}
+    assert values["RateLimitedResponses"] == [float(result["totals"]["rate_limited_responses"])]
+    assert result["totals"]["rate_limited_responses"] == gate.log.rejected
+    assert values["PeakRequestsPerMinute"][0] > 0
+    assert "CacheHits" in values

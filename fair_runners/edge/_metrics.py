@@ -15,7 +15,7 @@ from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
-from .._progress import ProgressEvent, TurnFinished
+from .._progress import PaceReport, ProgressEvent, TurnFinished
 from .._schemas import RunTotals
 
 metrics = Metrics(namespace="FairRunners", service="fair-runners")
@@ -30,19 +30,31 @@ def count(name: str, value: float = 1) -> None:
 
 
 class LatencyRecorder:
-    """Keeps each turn's latency (a progress callback) and publishes them as one distribution."""
+    """Keeps each turn's latency and the run's pace (a progress callback); publishes them once per run."""
 
     def __init__(self) -> None:
         self.latencies: list[float] = []
+        self.peak_requests_per_minute = 0.0
+        self.peak_tokens_per_minute = 0.0
+        self.backing_off_reports = 0
 
     def __call__(self, event: ProgressEvent) -> None:
         if isinstance(event, TurnFinished) and event.record.latency_ms is not None:
-            self.latencies.append(event.record.latency_ms)
+            if not event.record.cached:
+                self.latencies.append(event.record.latency_ms)
+        elif isinstance(event, PaceReport):
+            self.peak_requests_per_minute = max(self.peak_requests_per_minute, event.requests_per_minute)
+            self.peak_tokens_per_minute = max(self.peak_tokens_per_minute, event.tokens_per_minute)
+            self.backing_off_reports += event.backing_off
 
     def publish(self) -> None:
-        """`TurnLatency`, every value, in EMF documents of 100 values."""
+        """`TurnLatency`, every value, in EMF documents of 100 values; the pace the run reached."""
         if is_metrics_disabled():
             return
+        if self.peak_requests_per_minute:
+            count("PeakRequestsPerMinute", self.peak_requests_per_minute)
+            count("PeakTokensPerMinute", self.peak_tokens_per_minute)
+            count("BackingOffSeconds", self.backing_off_reports)  # pace reports come at most once a second
         for start in range(0, len(self.latencies), _EMF_MAX_VALUES):
             values = self.latencies[start : start + _EMF_MAX_VALUES]
             latency = {"Unit": MetricUnit.Milliseconds.value, "StorageResolution": 60, "Value": values}
@@ -58,4 +70,6 @@ def record_totals(totals: RunTotals) -> None:
     count("TurnRetries", totals.retries)
     count("InputTokens", totals.input_tokens)
     count("OutputTokens", totals.output_tokens)
+    count("RateLimitedResponses", totals.rate_limited_responses)
+    count("CacheHits", totals.cache_hits)
     metrics.add_metric(name="RunWallTime", unit=MetricUnit.Milliseconds, value=totals.wall_time_ms)
