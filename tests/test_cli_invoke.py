@@ -105,6 +105,7 @@ def test_demo_command_runs_every_bundled_event() -> None:
     for name, _ in bundled_events():
         assert f"== {name}" in proc.stdout
     assert "events through lambda_handler: every turn answered" in proc.stdout
+    assert '"_aws"' not in proc.stdout and "CloudWatchMetrics" not in proc.stdout  # no raw EMF in the story
 
 
 def test_demo_with_no_events_is_bad_input(tmp_path: Path) -> None:
