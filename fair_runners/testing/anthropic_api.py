@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._calls import CallTracker, TracksCalls
 from ._faults import Fault, FaultPlan
 
 # Anthropic's error types and their HTTP status.
@@ -50,7 +48,7 @@ TOKENS_LIMIT = 400_000
 
 
 @dataclass
-class AnthropicEmulator:
+class AnthropicEmulator(TracksCalls):
     """State and behaviour of the fake Messages API; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user text): `status` answers an Anthropic error: the type `text`
@@ -67,11 +65,8 @@ class AnthropicEmulator:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
+        self._lock = threading.Lock()  # the request log's
+        self._calls = CallTracker()
         self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
 
     def add_fault(self, *faults: Fault) -> None:
@@ -84,28 +79,11 @@ class AnthropicEmulator:
         self.latency_s = 0.0
         with self._lock:
             self.requests.clear()
-            self.peak_in_flight = self.in_flight
-            released, self._release = self._release, Future()
-        if not released.done():
-            released.set_result(None)
-
-    async def _hang(self) -> None:
-        """Answer nothing until `reset` (or an hour), so a server can stop without waiting on hung calls."""
-        # Shielded: a call cancelled by the server's shutdown must not cancel the other calls' wait.
-        released = asyncio.shield(asyncio.wrap_future(self._release))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(released, 3600)
+        self._calls.release()
 
     async def _messages(self, request: Request) -> Response:
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            n = next(self._ids)
-        try:
+        with self._calls.call() as n:
             return await self._answer(request, n)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
     async def _answer(self, request: Request, n: int) -> Response:
         try:
@@ -150,7 +128,7 @@ class AnthropicEmulator:
                 status = ANTHROPIC_ERRORS.get(kind, fault.status)
                 return _error(kind, status, f"injected {kind}", n, fault.retry_after)
             if fault.kind == "hang":
-                await self._hang()
+                await self._calls.hang()
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import itertools
 import json
 import math
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -30,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._calls import CallTracker, TracksCalls
 from ._faults import Fault, FaultPlan
 
 _PREFIX = "/openai/deployments/"
@@ -51,7 +49,7 @@ _CODES = {
 
 
 @dataclass
-class AzureOpenAIEmulator:
+class AzureOpenAIEmulator(TracksCalls):
     """State and behaviour of the fake Azure OpenAI resource; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user message): `status` answers Azure's error for `status` (the
@@ -68,11 +66,8 @@ class AzureOpenAIEmulator:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
+        self._lock = threading.Lock()  # the request log's
+        self._calls = CallTracker()
         self.app = Starlette(
             routes=[
                 Route(
@@ -93,28 +88,11 @@ class AzureOpenAIEmulator:
         self.latency_s = 0.0
         with self._lock:
             self.requests.clear()
-            self.peak_in_flight = self.in_flight
-            released, self._release = self._release, Future()
-        if not released.done():
-            released.set_result(None)
-
-    async def _hang(self) -> None:
-        """Answer nothing until `reset` (or an hour), so a server can stop without waiting on hung calls."""
-        # Shielded: a call cancelled by the server's shutdown must not cancel the other calls' wait.
-        released = asyncio.shield(asyncio.wrap_future(self._release))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(released, 3600)
+        self._calls.release()
 
     async def _completions(self, request: Request) -> Response:
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            n = next(self._ids)
-        try:
+        with self._calls.call() as n:
             return await self._answer(request, n)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
     async def _answer(self, request: Request, n: int) -> Response:
         deployment = unquote(_raw_path(request)[len(_PREFIX) : -len(_SUFFIX)])
@@ -164,7 +142,7 @@ class AzureOpenAIEmulator:
                     headers.update(_rate_limit_headers(0, 0))
                 return _error(fault.status, code, f"injected {fault.status} ({code})", headers)
             if fault.kind == "hang":
-                await self._hang()
+                await self._calls.hang()
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":

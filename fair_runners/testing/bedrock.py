@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import threading
 import time
 import uuid
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -32,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._calls import CallTracker, TracksCalls
 from ._faults import Fault, FaultPlan
 
 # Bedrock's error codes and their HTTP status (the Converse operation's modeled errors, from botocore's
@@ -64,7 +63,7 @@ _ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 
 @dataclass
-class BedrockEmulator:
+class BedrockEmulator(TracksCalls):
     """State and behaviour of the fake Bedrock runtime; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user text): `status` answers Bedrock's error for `status` (the code
@@ -80,10 +79,8 @@ class BedrockEmulator:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self.in_flight = 0
-        self.peak_in_flight = 0
-        self._release: Future[None] = Future()  # `reset` completes it: calls hung before then end
+        self._lock = threading.Lock()  # the request log's
+        self._calls = CallTracker()
         self.app = Starlette(
             routes=[Route("/model/{model_id:path}/converse", self._converse, methods=["POST"])]
         )
@@ -98,27 +95,11 @@ class BedrockEmulator:
         self.latency_s = 0.0
         with self._lock:
             self.requests.clear()
-            self.peak_in_flight = self.in_flight
-            released, self._release = self._release, Future()
-        if not released.done():
-            released.set_result(None)
-
-    async def _hang(self) -> None:
-        """Answer nothing until `reset` (or an hour), so a server can stop without waiting on hung calls."""
-        # Shielded: a call cancelled by the server's shutdown must not cancel the other calls' wait.
-        released = asyncio.shield(asyncio.wrap_future(self._release))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(released, 3600)
+        self._calls.release()
 
     async def _converse(self, request: Request) -> Response:
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
+        with self._calls.call():
             return await self._answer(request)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
     async def _answer(self, request: Request) -> Response:
         started = time.monotonic()
@@ -159,7 +140,7 @@ class BedrockEmulator:
                 status = BEDROCK_ERRORS.get(code, fault.status)
                 return _error(code, status, f"injected {code}", fault.retry_after)
             if fault.kind == "hang":
-                await self._hang()
+                await self._calls.hang()
             if fault.kind == "slow":
                 await asyncio.sleep(fault.delay_s)
             if fault.kind == "empty":
