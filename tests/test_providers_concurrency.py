@@ -69,7 +69,8 @@ def test_32_calls_are_in_flight_at_once_through_the_invoker(bedrock: Served[Bedr
         replies = await asyncio.gather(*(invoker.ainvoke(model, q) for q in questions()))
         return list(replies), time.perf_counter() - started
 
-    timings = []
+    timings: list[float] = []
+    peaks: list[int] = []
     try:
         asyncio.run(batch())  # warm up: 32 threads, 32 pooled connections, botocore's first-call loading
         # Best of up to five: the machine is shared, and ~3 ms of CPU a call (botocore signs, serialises and
@@ -80,15 +81,16 @@ def test_32_calls_are_in_flight_at_once_through_the_invoker(bedrock: Served[Bedr
             replies, elapsed = asyncio.run(batch())
             expected = [f"echo: question {i} (history=0, system=no)" for i in range(CALLS)]
             assert [r.content for r in replies] == expected
-            assert bedrock.emulator.peak_in_flight == CALLS  # every call in flight at once, every time
+            peaks.append(bedrock.emulator.peak_in_flight)
             timings.append(elapsed)
-            if elapsed < 1.3 * LATENCY_S:
+            if peaks[-1] == CALLS and elapsed < 1.3 * LATENCY_S:
                 break
     finally:
         invoker.close()
-    print(
-        f"\nThreadedInvoker(32): peak in flight {CALLS}, batches {', '.join(f'{t:.3f}' for t in timings)} s"
-    )
+    print(f"\nThreadedInvoker(32): peaks in flight {peaks}, batches {', '.join(f'{t:.3f}' for t in timings)} s")
+    # Under other load the 32 starts can spread past the first replies; one clean batch shows the invoker
+    # itself holds no call back (the default executor's cap is min(32, cpus + 4), 6 here).
+    assert max(peaks) == CALLS, f"never all {CALLS} in flight at once: peaks {peaks}"
     assert min(timings) < 1.3 * LATENCY_S, f"32 calls of {LATENCY_S} s took {timings} s"
 
 
