@@ -87,7 +87,8 @@ def test_32_calls_are_in_flight_at_once_through_the_invoker(bedrock: Served[Bedr
                 break
     finally:
         invoker.close()
-    print(f"\nThreadedInvoker(32): peaks in flight {peaks}, batches {', '.join(f'{t:.3f}' for t in timings)} s")
+    batches = ", ".join(f"{t:.3f}" for t in timings)
+    print(f"\nThreadedInvoker(32): peaks in flight {peaks}, batches {batches} s")
     # Under other load the 32 starts can spread past the first replies; one clean batch shows the invoker
     # itself holds no call back (the default executor's cap is min(32, cpus + 4), 6 here).
     assert max(peaks) == CALLS, f"never all {CALLS} in flight at once: peaks {peaks}"
