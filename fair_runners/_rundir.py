@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -78,7 +79,7 @@ class RunDirectory:
         self.run_id = run_id
         self._redactor = redactor
         self._records: IO[str] | None = None
-        self._counts = {"ok": 0, "error": 0, "kept": 0}
+        self._status: dict[tuple[str, int], str] = {}  # (session id, turn index) -> last recorded status
 
     @classmethod
     def open(
@@ -108,6 +109,8 @@ class RunDirectory:
         elif manifest is not None:
             resumes = int(manifest.get("resumes", 0)) + 1
         directory = cls(folder, run_id, redactor)
+        if manifest is not None:
+            directory._status = {key: entry.get("status", "") for key, entry in _recorded(folder).items()}
         _write_atomic(
             folder / REQUEST, json.dumps(stored_request(request, run_id), ensure_ascii=False, indent=1)
         )
@@ -146,7 +149,7 @@ class RunDirectory:
             "resumes": resumes,
             "sessions": len(request.datasets),
             "turns": sum(len(d.conversation) for d in request.datasets),
-            "recorded": dict(self._counts),
+            "recorded": {"ok": 0, "error": 0, "kept": 0} | Counter(self._status.values()),
         }
         self._request = request
         self._started = manifest["started_at"]
@@ -154,8 +157,12 @@ class RunDirectory:
         _write_atomic(self.path / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=1))
 
     def record(self, event: ProgressEvent) -> None:
-        """A progress callback: append each finished turn (its outcome and its answer) and flush it."""
+        """A progress callback: append each finished turn (its outcome and its answer) and flush it. A turn a
+        resumed run keeps because its answer is already on record is not written again."""
         if not isinstance(event, TurnFinished) or self._records is None or event.turn is None:
+            return
+        key = (event.session_id, event.index)
+        if event.record.status == "kept" and self._status.get(key) in ("ok", "kept"):
             return
         line = {
             "session_id": event.session_id,
@@ -170,7 +177,7 @@ class RunDirectory:
         text = json.dumps(self._redactor.redact_obj(line, patterns=False), ensure_ascii=False)
         self._records.write(text + "\n")
         self._records.flush()  # in the OS's hands now: a killed process loses nothing written
-        self._counts[event.record.status] = self._counts.get(event.record.status, 0) + 1
+        self._status[key] = event.record.status
 
     def finish(self, result: RunResult) -> None:
         """Write the result and close the manifest."""
@@ -197,6 +204,23 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def _recorded(folder: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The last record of each turn in `folder`'s records, by (session id, turn index)."""
+    try:
+        lines = (folder / RECORDS).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line being written when the process died
+        if isinstance(entry, dict) and isinstance(entry.get("index"), int):
+            records[(str(entry.get("session_id")), entry["index"])] = entry
+    return records
+
+
 def resume_request(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The request of the run in `path`, with every recorded answer filled in and `skip_answered` on: a run of
     it sends exactly the turns that have no answer on record. `InvalidRequest` when `path` holds no run."""
@@ -208,18 +232,7 @@ def resume_request(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{folder} holds no run to resume",
             [{"loc": "resume", "msg": f"no readable {REQUEST} in {folder}"}],
         ) from None
-    answers: dict[tuple[str, int], dict[str, Any]] = {}
-    try:
-        lines = (folder / RECORDS).read_text(encoding="utf-8").splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line being written when the process died
-        if isinstance(entry, dict) and entry.get("status") in ("ok", "kept"):
-            answers[(str(entry.get("session_id")), int(entry.get("index", -1)))] = entry
+    answers = {key: e for key, e in _recorded(folder).items() if e.get("status") in ("ok", "kept")}
     options = request.setdefault("options", {})
     kept_before = bool(options.get("skip_answered"))  # the run itself kept answers the input carried
     for dataset in request.get("datasets") or []:

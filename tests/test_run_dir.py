@@ -83,6 +83,11 @@ def test_a_run_killed_with_sigkill_resumes_from_its_records(agent: Any, tmp_path
         )
     final = json.loads((folder / "manifest.json").read_text())
     assert final["status"] == "complete" and final["resumes"] == 1
+    # every turn on record once: the resumed run appended the turns it sent, not the ones it kept
+    keys = [(r["session_id"], r["index"]) for r in _records(folder)]
+    assert len(keys) == len(set(keys)) == 60
+    assert all(r["status"] == "ok" for r in _records(folder))
+    assert final["recorded"] == {"ok": 60, "error": 0, "kept": 0}
 
 
 def test_the_library_writes_a_run_folder(agent: Any, tmp_path: Path) -> None:
