@@ -149,7 +149,10 @@ def _pacer(prepared: PreparedRun) -> tuple[str, Pacer]:
     asked = RateBudget(options.requests_per_minute, options.tokens_per_minute)
     budget = resolve_budget(target.budget_names, deployment_key=target.deployment_key, asked=asked)
     bucket = bucket_id(target.origin, target.target, target.model, target.credential)
-    return bucket, open_pacer(bucket, budget, fan_out=prepared.request.fan_out)
+    pacer = open_pacer(
+        bucket, budget, fan_out=prepared.request.fan_out, reports_headers=target.reports_headers
+    )
+    return bucket, pacer
 
 
 async def run(

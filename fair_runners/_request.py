@@ -42,6 +42,9 @@ class RunTarget:
     deployment_key: bool  # a key (or role) the deployment holds: its budget is the deployer's
     budget_names: tuple[str, ...]  # FAIR_RUNNERS_RATE_LIMITS targets, most specific first
     params: dict[str, Any] = field(default_factory=dict)  # constructor params (LLM), for the cache key
+    # The runner sees the provider's response headers (its rate limits): worth the pacer's probe. Not so
+    # through boto3 (Bedrock) or an SDK's own client (Anthropic), whose successful responses keep them.
+    reports_headers: bool = True
 
 
 @dataclass
@@ -319,6 +322,7 @@ def _llm_target(spec: ConnectorSpec, params: dict[str, Any], deployment_key: boo
         deployment_key=deployment_key,
         budget_names=(f"{provider}:{model}", provider) if model else (provider,),
         params={k: v for k, v in params.items() if k not in secrets},
+        reports_headers=spec.transport == "httpx",
     )
 
 

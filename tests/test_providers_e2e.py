@@ -301,3 +301,25 @@ def test_bedrock_sessions_in_flight_are_really_in_flight(bedrock: BedrockEmulato
     assert result["totals"]["successes"] == 32
     assert bedrock.peak_in_flight == 32  # the loop's default executor would have allowed ~5
     assert elapsed < 2.0, elapsed  # one round of 0.5 s (the benchmark measures the 1.3x figure)
+
+
+def _first_run_sends_at_once(emulator: Any, connector: dict[str, Any]) -> None:
+    """A process's first run against a provider whose headers the runner never sees: no probe holding
+    the other sessions back for one latency (it could learn nothing), every session's call at once."""
+    from fair_runners.engine._pacing import forget
+    from handler.app import lambda_handler
+
+    forget()  # nothing learned of any provider yet: the pacer would probe a provider that sends headers
+    emulator.latency_s = 0.5
+    result = lambda_handler(_request(connector, sessions=8, turns=1, max_concurrency=8), FakeLambdaContext())
+    assert result["totals"]["successes"] == 8
+    assert emulator.peak_in_flight == 8  # with a probe: 1, then the other 7
+
+
+def test_bedrock_is_not_probed(bedrock: BedrockEmulator) -> None:
+    _first_run_sends_at_once(bedrock, _bedrock())
+
+
+def test_anthropic_is_not_probed(anthropic: AnthropicEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    _first_run_sends_at_once(anthropic, _anthropic())

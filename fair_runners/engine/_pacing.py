@@ -17,9 +17,12 @@ from ..pacing import ENV_TABLE, Pacer, RateSignals, SharedBudget
 _LEARNED: dict[str, tuple[float | None, float | None]] = {}
 
 
-def open_pacer(bucket: str, budget: RateBudget, *, fan_out: int | None) -> Pacer:
+def open_pacer(
+    bucket: str, budget: RateBudget, *, fan_out: int | None, reports_headers: bool = True
+) -> Pacer:
     """A pacer for one run against `bucket`, sharing the budget through the table named by env
-    `FAIR_RUNNERS_RATE_TABLE` when there is one (else this invocation's whole budget)."""
+    `FAIR_RUNNERS_RATE_TABLE` when there is one (else this invocation's whole budget). A runner that never
+    reports headers gets no probe: its first request could teach the pacer nothing."""
     shared = None
     if budget.limited and os.environ.get(ENV_TABLE):
         shared = SharedBudget(bucket, fan_out=fan_out or 1)
@@ -28,7 +31,7 @@ def open_pacer(bucket: str, budget: RateBudget, *, fan_out: int | None) -> Pacer
         requests_per_minute=budget.requests_per_minute,
         tokens_per_minute=budget.tokens_per_minute,
         shared=shared,
-        probe=learned is None,
+        probe=learned is None and reports_headers,
     )
     if learned is not None and (learned[0] or learned[1]):
         pacer.observe(RateSignals(limit_requests=learned[0], limit_tokens=learned[1], window_s=60.0))
