@@ -252,3 +252,24 @@ def check_params(spec: ConnectorSpec, params: Mapping[str, Any]) -> None:
     for key, rule in spec.params.items():
         if rule.kind == "url" and key in params:
             parse_url(params[key], f"connector.params.{key}")
+
+
+ENV_PRELOAD = "FAIR_RUNNERS_PRELOAD"
+
+
+def preload(names: str) -> list[str]:
+    """Import the chat model classes `names` lists (comma-separated provider names of `connector.model`, such
+    as `openai`, or allowlisted class paths) now: the Lambda's init pays LangChain's import (~2 s on one
+    vCPU) instead of the first invocation, whose rate budget cannot win that time back. Returns a problem
+    for each name that is not allowed or not installed; nothing is imported for those."""
+    problems: list[str] = []
+    for raw in names.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        try:
+            load_chat_model_class(resolve_spec(PROVIDERS.get(name, name)))
+        except InvalidRequest as exc:
+            why = exc.details[0]["msg"] if exc.details else exc.message
+            problems.append(f"env {ENV_PRELOAD}: {name!r} not loaded: {why}")
+    return problems

@@ -6,12 +6,14 @@ Data flows one way: event -> `Source` (`_sources`) -> request -> `answer_request
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
 from aws_lambda_powertools import Logger
 
 from .. import aws
+from .._connectors import ENV_PRELOAD, preload
 from .._errors import ConfigurationError, InternalError, InvalidRequest
 from .._redact import current_redactor, install_log_redaction, powertools_formatter, use_redactor
 from ..runners import alquimia as _alquimia  # noqa: F401  # load its HTTP stack at init, not per call
@@ -22,6 +24,8 @@ from ._sources import Source, detect, http_payload
 
 logger = Logger(service="fair-runners", logger_formatter=powertools_formatter())  # every line redacted
 install_log_redaction()  # and the root logger's handlers (engine, httpx, SDK loggers)
+for _problem in preload(os.environ.get(ENV_PRELOAD, "")):  # opt-in: LangChain at init, not per call
+    logger.warning(_problem)
 
 
 def _route(source: Source) -> tuple[str, str] | None:
