@@ -19,10 +19,15 @@ LOGS = ROOT / ".bench" / "rate-logs"
 _KEPT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV")
 
 
+# `rate_bench.py --preload`: env FAIR_RUNNERS_PRELOAD of every child (providers imported at "init").
+PRELOAD: dict[str, str] = {}
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """A clean environment for a child: the kept variables, quiet Powertools, the character token estimate
-    (tiktoken's cache disabled: the gate counts characters / 4, and so must the estimate), plus `extra`."""
-    env = {name: os.environ[name] for name in _KEPT if name in os.environ}
+    (tiktoken's cache disabled: the gate counts characters / 4, and so must the estimate), the preload
+    when chosen, plus `extra`."""
+    env = {name: os.environ[name] for name in _KEPT if name in os.environ} | PRELOAD
     env |= {
         "POWERTOOLS_LOG_LEVEL": "WARNING",
         "POWERTOOLS_METRICS_NAMESPACE": "FairRunnersRateBench",

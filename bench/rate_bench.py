@@ -44,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import _rate_procs
 from _harness import Pinning, calibration_s, loadavg, machine
 from _rate_procs import ROOT, Child, Provider, child_env, client, peer
 from _rate_report import Table, gate_stats, header, pace_digest
@@ -332,7 +333,15 @@ def main() -> None:
     parser.add_argument(
         "--r3-sequential", action="store_true", help="R3's two configurations one after the other"
     )
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="children import the providers when they import handler.app, as a deployment with env "
+        "FAIR_RUNNERS_PRELOAD=openai,bedrock_converse does at Lambda init",
+    )
     args = parser.parse_args()
+    if args.preload:
+        _rate_procs.PRELOAD["FAIR_RUNNERS_PRELOAD"] = "openai,bedrock_converse"
     chosen = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(chosen) - {"r1", "r2", "r3", "b1"}
     if unknown:
@@ -341,6 +350,7 @@ def main() -> None:
     started, started_utc = time.monotonic(), datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     facts: dict[str, Any] = {
         "command": "python bench/rate_bench.py " + " ".join(sys.argv[1:]),
+        "preload": _rate_procs.PRELOAD.get("FAIR_RUNNERS_PRELOAD"),
         "started_utc": started_utc,
         "machine": machine(),
         "pinning": pin.describe().replace("servers", "providers"),

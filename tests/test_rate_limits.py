@@ -3,7 +3,7 @@ tokens-per-minute buckets and answers like OpenAI (headers, 429 + Retry-After): 
 budgets, header-only pacing, a token-limited provider with long prompts, the deployer's budget that a request
 can only lower, one budget shared by 4 processes through DynamoDB (a moto server), and the fallback when the
 table is missing. Rates are 5x a real tier's and latencies 1/5 (the same runs, 5 times shorter); the
-full-size figures are the benchmark's (`bench/pacing_bench.py`)."""
+full-size figures are the benchmark's (`bench/rate_bench.py`)."""
 
 from __future__ import annotations
 
