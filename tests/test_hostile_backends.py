@@ -88,17 +88,23 @@ def test_an_oversized_reply_fails_its_turn_as_too_large_and_is_not_retried(
     assert time.monotonic() - started < 5
 
 
+# Peak RSS of this process image: VmHWM, not ru_maxrss, which Linux carries over from the forking pytest.
 _RSS_PROBE = r"""
-import json, os, resource, sys
+import json, sys
 from handler.app import lambda_handler
+if sys.argv[1] == "llm":
+    import langchain_openai  # loaded before the baseline: what is measured is the turn, not the import
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 class Context:
     aws_request_id = "rss-probe"
     def get_remaining_time_in_millis(self):
         return 60000
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_mb()
 result = lambda_handler(json.loads(sys.stdin.read()), Context())
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"before_mb": before / 1024, "after_mb": after / 1024,
+after = peak_mb()
+print(json.dumps({"before_mb": before, "after_mb": after,
                   "errors": [t["error_type"] for s in result["summaries"] for t in s["turns"]]}))
 """
 
@@ -118,7 +124,7 @@ def test_memory_stays_bounded_while_a_bomb_is_refused(
     hostile.set(kind, step=step, **params)
     env = cli_env(FAIR_RUNNERS_ALLOWED_HOSTS=f"127.0.0.1:{hostile.url.rsplit(':', 1)[1]}")  # type: ignore[attr-defined]
     done = subprocess.run(
-        [sys.executable, "-c", _RSS_PROBE],
+        [sys.executable, "-c", _RSS_PROBE, mode],
         input=json.dumps(_request(hostile, mode, sessions=4)),
         capture_output=True,
         text=True,
@@ -130,8 +136,9 @@ def test_memory_stays_bounded_while_a_bomb_is_refused(
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["errors"] == ["too_large"] * 4
-    # 1 GiB (or 300 MiB) per session before the cap; the whole process stays within 100 MB of where it began.
-    assert report["after_mb"] - report["before_mb"] < 100, report
+    print(f"\n{mode} {kind}: peak RSS {report['before_mb']:.0f} -> {report['after_mb']:.0f} MB")
+    # 1 GiB (or 300 MiB) per session before the cap (2 MiB a reply); measured growth 12-15 MB for the four.
+    assert report["after_mb"] - report["before_mb"] < 50, report
 
 
 # ----------------------------------------------------------------------------- timeouts that fire
@@ -141,6 +148,8 @@ def test_memory_stays_bounded_while_a_bomb_is_refused(
     ("mode", "step"), [("alquimia", "infer"), ("alquimia", "stream"), ("llm", "completion")]
 )
 def test_the_turn_timeout_holds_against_a_slow_drip(hostile: HostileBackend, mode: str, step: str) -> None:
+    import langchain_openai  # noqa: F401  # the clock is for the turn, not a first import (~1.3 s) in this process
+
     hostile.set("slow_drip", step=step, size=10_000, interval_s=0.02)
     started = time.monotonic()
     result = invoke(api_event("POST", "/run", _request(hostile, mode, turn_timeout_s=1, max_attempts=1))).body
@@ -148,6 +157,7 @@ def test_the_turn_timeout_holds_against_a_slow_drip(hostile: HostileBackend, mod
     record, _ = _turn(result)
     assert record["error_type"] == "timeout"
     assert elapsed < 1 + 1, elapsed
+    print(f"\nended after {elapsed:.2f} s")
 
 
 def test_the_turn_timeout_holds_while_an_endless_stream_pours_in(
@@ -163,6 +173,7 @@ def test_the_turn_timeout_holds_while_an_endless_stream_pours_in(
     elapsed = time.monotonic() - started
     assert _turn(result.body)[0]["error_type"] == "timeout"
     assert elapsed < 2, elapsed
+    print(f"\nended after {elapsed:.2f} s")
 
 
 def test_the_api_gateway_deadline_holds(hostile: HostileBackend, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +184,7 @@ def test_the_api_gateway_deadline_holds(hostile: HostileBackend, monkeypatch: py
     elapsed = time.monotonic() - started
     assert outcome.status == 200 and outcome.body["complete"] is False
     assert elapsed < 3 + 1, elapsed
+    print(f"\nended after {elapsed:.2f} s")
 
 
 def test_a_direct_invoke_ends_before_the_lambda_timeout(hostile: HostileBackend) -> None:
@@ -184,6 +196,7 @@ def test_a_direct_invoke_ends_before_the_lambda_timeout(hostile: HostileBackend)
     elapsed = time.monotonic() - started
     assert result["complete"] is False
     assert elapsed < 6, elapsed  # the margin before Lambda's own timeout is kept
+    print(f"\nended after {elapsed:.2f} s")
 
 
 # --------------------------------------------------------------------------------- honest streams
