@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _workload import API_KEY, MODEL, Latency, datasets
+from _workload import API_KEY, MODEL, Latency, datasets, peak_rss_mb
 
 
 class _Context:
@@ -132,7 +132,7 @@ def main() -> None:
         "runqueue_wait_s": round(wait1["main"] - wait0["main"], 4),
         "runqueue_wait_all_threads_s": round(wait1["all"] - wait0["all"], 4),
         "threads": len(list(Path("/proc/self/task").iterdir())),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "turns": turns,
         "successes": result["totals"]["successes"],
         "failures": result["totals"]["failures"],

@@ -15,7 +15,7 @@ import resource
 import time
 from typing import Any
 
-from _workload import API_KEY, MODEL, datasets
+from _workload import API_KEY, MODEL, datasets, peak_rss_mb
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
@@ -79,7 +79,7 @@ def main() -> None:
             "user_s": round(user, 4),
             "sys_s": round(system, 4),
             "cpu_ms_per_turn": round((user + system) * 1000 / max(1, turns), 4),
-            "peak_rss_mb": round(usage1.ru_maxrss / 1024, 1),
+            "peak_rss_mb": peak_rss_mb(),
             "turns": turns,
             "successes": ok,
             "failures": failed,

@@ -107,3 +107,9 @@ def datasets(sessions: int, turns: int, context: str = CONTEXT) -> list[dict[str
         }
         for i in range(sessions)
     ]
+
+
+def peak_rss_mb() -> float:
+    """This process image's peak RSS (VmHWM); `ru_maxrss` would carry the forking parent's over."""
+    with open("/proc/self/status") as status:
+        return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
