@@ -5,6 +5,7 @@ bench is the full-size one). The targets the engine must meet with the pacer wir
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -49,6 +50,7 @@ def test_four_processes_share_one_dynamodb_budget() -> None:
     # 4 processes (spawned), each with its own Pacer on one SharedBudget (moto server), 80 sessions x 3 turns
     # at 6,000 per minute with a burst of 10: floor 2.4 s.
     result = simulate_shared(processes=4, scale=5, sessions=80, turns=3, rpm=1200, start_method="fork")
+    print("\nshared budget:", json.dumps({k: v for k, v in result.items() if k != "pacer"}))
     assert result["done"] == 240
     assert result["rate_limited_share"] <= 0.02, result
     # At 5x speed the fixed costs of a start (first lease, connections) weigh 5x more and a 2.4 s run has no
