@@ -305,3 +305,57 @@ def test_the_local_moto_server_makes_conditional_writes_atomic() -> None:
             thread.join()
         final = client.get_item(TableName=TABLE, Key={"bucket": {"S": "n"}}, ConsistentRead=True)
     assert int(final["Item"]["version"]["N"]) == sum(wins) > 25
+
+
+class _Fixed(random.Random):
+    """A phase source that always draws the same point of the period (0.0: the start, 1.0: its end)."""
+
+    def __init__(self, point: float) -> None:
+        super().__init__()
+        self.point = point
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.point
+
+
+def _first_sends(monkeypatch: pytest.MonkeyPatch, holders: int) -> list[float]:
+    """When each of `holders` pacers sharing 1,200 requests a minute (150 each: 0.4 s apart) first sends.
+
+    On the even split (no table configured, so no DynamoDB latency in the timings): the same phase applies
+    to a table's lease."""
+    monkeypatch.delenv(ENV_TABLE, raising=False)
+
+    async def one(name: str, start: float) -> tuple[float, float]:
+        shared = SharedBudget("b1", fan_out=holders, holder=name)
+        pacer = Pacer(requests_per_minute=1200, shared=shared)
+        await pacer.acquire(0)
+        first = time.monotonic() - start
+        await pacer.acquire(0)
+        second = time.monotonic() - start
+        await pacer.aclose()
+        return first, second
+
+    async def scenario() -> list[tuple[float, float]]:
+        start = time.monotonic()
+        return await asyncio.gather(*(one(f"h{i}", start) for i in range(holders)))
+
+    sends = asyncio.run(scenario())
+    for first, second in sends:  # after the phase, the holder's own pace: one period to its next send
+        assert 0.3 < second - first < 0.5, sends
+    return [first for first, _ in sends]
+
+
+def test_shared_holders_starting_together_spread_their_first_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("fair_runners.pacing._pacer._PHASE", random.Random(20261128))
+    firsts = _first_sends(monkeypatch, 8)
+    assert max(firsts) - min(firsts) > 0.2, firsts  # eight draws over the 0.4 s period
+    assert max(firsts) < 0.4 + 0.15, firsts  # the phase costs each holder at most one period
+
+
+@pytest.mark.parametrize(("point", "low", "high"), [(0.0, 0.0, 0.1), (1.0, 0.3, 0.5)])
+def test_the_phase_holds_the_first_shared_send_once(
+    monkeypatch: pytest.MonkeyPatch, point: float, low: float, high: float
+) -> None:
+    monkeypatch.setattr("fair_runners.pacing._pacer._PHASE", _Fixed(point))
+    firsts = _first_sends(monkeypatch, 8)
+    assert all(low <= first < high for first in firsts), firsts  # at 0.0 all eight go at once: the burst

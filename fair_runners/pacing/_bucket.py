@@ -41,6 +41,10 @@ class Schedule:
         if self.rate:
             self._next = max(self._next, now) + cost / self.rate
 
+    def hold_until(self, when: float) -> None:
+        """No send before `when` (less the tolerance)."""
+        self._next = max(self._next, when)
+
     def adjust(self, delta: float, now: float) -> None:
         """Correct the last charges by `delta` units (negative: a refund; credit never reaches the past)."""
         if self.rate:

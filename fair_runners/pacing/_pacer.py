@@ -13,7 +13,9 @@ What it paces to, per resource (requests, tokens), the lowest of: an explicit bu
 headers (`limit / window`, paced 2% under); this invocation's share of a `SharedBudget`; all multiplied by a
 slowdown factor that a 429 lowers (x0.8, at most once a second) and time restores (+0.1 per second). Sends are
 spaced evenly at that rate (`Schedule`), and held while the provider's bucket as its headers describe it
-(`Mirror`: remaining, less what is still in flight) has no room, and while a 429's `Retry-After` runs.
+(`Mirror`: remaining, less what is still in flight) has no room, and while a 429's `Retry-After` runs. A
+holder of a shared budget starts its schedule at a random phase within one of its periods, so that a fan-out
+of invocations starting together spreads its first sends instead of sending them at once.
 
 With neither a budget nor a shared budget, the first attempt goes alone (a probe, unless `probe=False`) and
 the others wait for its outcome, at most `probe_timeout_s`: then either headers were seen (pacing on) or not,
@@ -29,6 +31,8 @@ import asyncio
 import contextlib
 import enum
 import math
+import os
+import random
 import time
 from typing import TYPE_CHECKING
 
@@ -46,6 +50,8 @@ MIN_FACTOR = 0.25  # ... down to this
 RECOVERY_PER_S = 0.1  # and every second without one gives this much back
 _DECREASE_INTERVAL_S = 1.0
 _RECHECK_S = 0.25  # a waiting send re-reads the state this often (limits and leases change)
+_PHASE = random.Random()  # spreads shared holders' first sends (not a secret: no need for `secrets`)
+os.register_at_fork(after_in_child=_PHASE.seed)  # forked invocations must not draw the same phases
 
 
 class _Mode(enum.Enum):
@@ -102,6 +108,7 @@ class Pacer:
         self._log = SendLog()
         self._rate_limited = 0
         self._waited = 0.0
+        self._phased = False  # the shared schedule's random start is set (once, at the first paced send)
 
     # -- the engine's calls ------------------------------------------------------------------------------
 
@@ -124,6 +131,8 @@ class Pacer:
             return self._waited_since(start)
         async with self._lock:
             await self._ensure_lease()
+            if self._shared is not None and not self._phased:
+                self._start_at_a_random_phase(time.monotonic())
             # No event to wait on: the wait ends by the clock, and limits or leases may change meanwhile.
             while (wait := self._delay(cost, time.monotonic())) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(min(wait, _RECHECK_S))
@@ -295,6 +304,15 @@ class Pacer:
         if cost:
             wait = max(wait, self._tokens.delay(now), self._tok_mirror.delay(cost, now))
         return wait
+
+    def _start_at_a_random_phase(self, now: float) -> None:
+        """Hold the first shared send for a random part of one period (1 / this holder's rate), once."""
+        rate, _ = self._rates(now)
+        if rate is None or rate <= 0:
+            return  # nothing paces requests yet (no budget known): the phase waits for one
+        self._phased = True
+        self._requests.set_rate(rate, now)
+        self._requests.hold_until(now + _PHASE.uniform(0.0, 1.0 / rate))
 
     async def _ensure_lease(self) -> None:
         if self._shared is None or self._totals() == (None, None):
