@@ -21,10 +21,11 @@ def open_pacer(
     bucket: str, budget: RateBudget, *, fan_out: int | None, reports_headers: bool = True
 ) -> Pacer:
     """A pacer for one run against `bucket`, sharing the budget through the table named by env
-    `FAIR_RUNNERS_RATE_TABLE` when there is one (else this invocation's whole budget). A runner that never
-    reports headers gets no probe: its first request could teach the pacer nothing."""
+    `FAIR_RUNNERS_RATE_TABLE` when there is one; without it, one of a fan-out (`fan_out` > 1: a Map batch)
+    paces to an even share with a warning, a lone run to the whole budget. A runner that never reports headers
+    gets no probe: its first request could teach the pacer nothing."""
     shared = None
-    if budget.limited and os.environ.get(ENV_TABLE):
+    if budget.limited and (os.environ.get(ENV_TABLE) or (fan_out or 1) > 1):
         shared = SharedBudget(bucket, fan_out=fan_out or 1)
     learned = _LEARNED.get(bucket)
     pacer = Pacer(
