@@ -1,4 +1,5 @@
-"""Calls an emulator is answering at once (and the most seen), and a release for calls left hanging."""
+"""Calls an emulator is answering at once (and the most seen), a release for calls left hanging, and the
+state the provider emulators share (request log, faults, latency, calls in flight)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ import itertools
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from ._faults import Fault, FaultPlan
 
 
 class CallTracker:
@@ -49,10 +56,34 @@ class CallTracker:
             await asyncio.wait_for(released, 3600)
 
 
-class TracksCalls:
-    """`in_flight` and `peak_in_flight` of an emulator whose `_calls` is a `CallTracker`."""
+class ProviderEmulator:
+    """What the provider emulators (dataclasses) share: their `app` on `_routes()`, `add_fault`, `reset`,
+    and `in_flight` / `peak_in_flight` from a `CallTracker`. Subclasses declare `latency_s`, `faults` and
+    `requests` as dataclass fields; `requests` is appended to under `_lock`."""
 
-    _calls: CallTracker
+    latency_s: float
+    faults: FaultPlan
+    requests: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # the request log's
+        self._calls = CallTracker()
+        self.app = Starlette(routes=self._routes())
+
+    def _routes(self) -> list[BaseRoute]:
+        raise NotImplementedError
+
+    def add_fault(self, *faults: Fault) -> None:
+        """Inject faults (see the class docstring)."""
+        self.faults.add(*faults)
+
+    def reset(self) -> None:
+        """No faults, no latency, empty log, in-flight peak back to the calls in flight; hung calls end."""
+        self.faults.clear()
+        self.latency_s = 0.0
+        with self._lock:
+            self.requests.clear()
+        self._calls.release()
 
     @property
     def in_flight(self) -> int:

@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from ._calls import CallTracker, TracksCalls
-from ._faults import Fault, FaultPlan
+from ._calls import ProviderEmulator
+from ._faults import FaultPlan
 
 # Anthropic's error types and their HTTP status.
 ANTHROPIC_ERRORS: dict[str, int] = {
@@ -48,7 +46,7 @@ TOKENS_LIMIT = 400_000
 
 
 @dataclass
-class AnthropicEmulator(TracksCalls):
+class AnthropicEmulator(ProviderEmulator):
     """State and behaviour of the fake Messages API; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user text): `status` answers an Anthropic error: the type `text`
@@ -64,22 +62,8 @@ class AnthropicEmulator(TracksCalls):
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()  # the request log's
-        self._calls = CallTracker()
-        self.app = Starlette(routes=[Route("/v1/messages", self._messages, methods=["POST"])])
-
-    def add_fault(self, *faults: Fault) -> None:
-        """Inject faults (see the class docstring)."""
-        self.faults.add(*faults)
-
-    def reset(self) -> None:
-        """No faults, no latency, empty log, in-flight peak back to the calls in flight; hung calls end."""
-        self.faults.clear()
-        self.latency_s = 0.0
-        with self._lock:
-            self.requests.clear()
-        self._calls.release()
+    def _routes(self) -> list[BaseRoute]:
+        return [Route("/v1/messages", self._messages, methods=["POST"])]
 
     async def _messages(self, request: Request) -> Response:
         with self._calls.call() as n:

@@ -16,19 +16,17 @@ import argparse
 import asyncio
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from ._calls import CallTracker, TracksCalls
-from ._faults import Fault, FaultPlan
+from ._calls import ProviderEmulator
+from ._faults import FaultPlan
 
 _PREFIX = "/openai/deployments/"
 _SUFFIX = "/chat/completions"
@@ -49,7 +47,7 @@ _CODES = {
 
 
 @dataclass
-class AzureOpenAIEmulator(TracksCalls):
+class AzureOpenAIEmulator(ProviderEmulator):
     """State and behaviour of the fake Azure OpenAI resource; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user message): `status` answers Azure's error for `status` (the
@@ -65,30 +63,12 @@ class AzureOpenAIEmulator(TracksCalls):
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()  # the request log's
-        self._calls = CallTracker()
-        self.app = Starlette(
-            routes=[
-                Route(
-                    "/openai/deployments/{deployment:path}/chat/completions",
-                    self._completions,
-                    methods=["POST"],
-                )
-            ]
-        )
-
-    def add_fault(self, *faults: Fault) -> None:
-        """Inject faults (see the class docstring)."""
-        self.faults.add(*faults)
-
-    def reset(self) -> None:
-        """No faults, no latency, empty log, in-flight peak back to the calls in flight; hung calls end."""
-        self.faults.clear()
-        self.latency_s = 0.0
-        with self._lock:
-            self.requests.clear()
-        self._calls.release()
+    def _routes(self) -> list[BaseRoute]:
+        return [
+            Route(
+                "/openai/deployments/{deployment:path}/chat/completions", self._completions, methods=["POST"]
+            )
+        ]
 
     async def _completions(self, request: Request) -> Response:
         with self._calls.call() as n:

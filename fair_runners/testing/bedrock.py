@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from ._calls import CallTracker, TracksCalls
-from ._faults import Fault, FaultPlan
+from ._calls import ProviderEmulator
+from ._faults import FaultPlan
 
 # Bedrock's error codes and their HTTP status (the Converse operation's modeled errors, from botocore's
 # service model, plus the auth errors its front end sends).
@@ -63,7 +61,7 @@ _ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 
 
 @dataclass
-class BedrockEmulator(TracksCalls):
+class BedrockEmulator(ProviderEmulator):
     """State and behaviour of the fake Bedrock runtime; `app` is its ASGI application.
 
     Faults (`Fault`, matched on the last user text): `status` answers Bedrock's error for `status` (the code
@@ -78,24 +76,8 @@ class BedrockEmulator(TracksCalls):
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[dict[str, Any]] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()  # the request log's
-        self._calls = CallTracker()
-        self.app = Starlette(
-            routes=[Route("/model/{model_id:path}/converse", self._converse, methods=["POST"])]
-        )
-
-    def add_fault(self, *faults: Fault) -> None:
-        """Inject faults (see the class docstring)."""
-        self.faults.add(*faults)
-
-    def reset(self) -> None:
-        """No faults, no latency, empty log, in-flight peak back to the calls in flight; hung calls end."""
-        self.faults.clear()
-        self.latency_s = 0.0
-        with self._lock:
-            self.requests.clear()
-        self._calls.release()
+    def _routes(self) -> list[BaseRoute]:
+        return [Route("/model/{model_id:path}/converse", self._converse, methods=["POST"])]
 
     async def _converse(self, request: Request) -> Response:
         with self._calls.call():
