@@ -15,7 +15,6 @@ thread, like every AWS call here); pass `dynamodb`/`s3` clients to use your own.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -23,7 +22,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._store import CachedAnswer, answer_from, check_answer, expires_at, stamped
+from ._store import BlockingStore, CachedAnswer, answer_from, check_answer, expires_at, stamped
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -38,7 +37,7 @@ _ITEM_OVERHEAD_BYTES = 512  # names, numbers and the key around the content: far
 _FORMAT = "1"
 
 
-class DynamoStore:
+class DynamoStore(BlockingStore):
     """A `CacheStore` in a DynamoDB table, answers over `INLINE_LIMIT_BYTES` spilled to S3."""
 
     def __init__(
@@ -63,26 +62,12 @@ class DynamoStore:
         self._lock = threading.Lock()
         self._closed = False
 
-    async def __aenter__(self) -> DynamoStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def get(self, key: str) -> CachedAnswer | None:
-        """The unexpired answer under `key`, or None (also on any AWS failure: see `errors`)."""
-        return await asyncio.to_thread(self.get_sync, key)
-
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
-        """Store `answer` for `ttl_s` seconds (None: no expiry); False when it was not stored."""
-        return await asyncio.to_thread(self.put_sync, key, answer, ttl_s)
-
-    async def aclose(self) -> None:
-        """Close the clients this store made (injected ones are left open)."""
+    def close(self) -> None:
+        """Close the clients this store made (blocking; injected ones are left open); later calls raise."""
         self._closed = True
         owned, self._owned = self._owned, []
         for client in owned:
-            await asyncio.to_thread(client.close)
+            client.close()
 
     def spill_uri(self, key: str) -> str:
         """Where the answer under `key` is spilled."""

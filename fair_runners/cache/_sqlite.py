@@ -18,7 +18,6 @@ thread, and remade in a forked child (a SQLite connection must not cross `fork`)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._store import CachedAnswer, answer_from, check_answer, expires_at, stamped
+from ._store import BlockingStore, CachedAnswer, answer_from, check_answer, expires_at, stamped
 
 if TYPE_CHECKING:
     import sqlite3
@@ -60,7 +59,7 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "fair-runners"
 
 
-class SqliteStore:
+class SqliteStore(BlockingStore):
     """A `CacheStore` in a local SQLite file (`path`, default `cache_dir() / FILE_NAME`)."""
 
     def __init__(self, path: Path | None = None) -> None:
@@ -71,24 +70,6 @@ class SqliteStore:
         self._pid = 0
         self._puts = 0
         self._closed = False
-
-    async def __aenter__(self) -> SqliteStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    async def get(self, key: str) -> CachedAnswer | None:
-        """The unexpired answer under `key`, or None (also when the database fails: see `errors`)."""
-        return await asyncio.to_thread(self.get_sync, key)
-
-    async def put(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
-        """Store `answer` under `key` for `ttl_s` seconds (None: no expiry); False when the write failed."""
-        return await asyncio.to_thread(self.put_sync, key, answer, ttl_s)
-
-    async def aclose(self) -> None:
-        """Close the connection."""
-        await asyncio.to_thread(self.close)
 
     def get_sync(self, key: str) -> CachedAnswer | None:
         """`get`, blocking."""

@@ -1,12 +1,14 @@
-"""What a cache store holds (`CachedAnswer`) and the interface every store implements (`CacheStore`)."""
+"""What a cache store holds (`CachedAnswer`), the interface every store implements (`CacheStore`), and the
+async face of a store whose work blocks (`BlockingStore`: each call in a worker thread)."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,37 @@ class CacheStore(Protocol):
     async def aclose(self) -> None:
         """Release connections; the store cannot be used afterwards."""
         ...
+
+
+class BlockingStore:
+    """A `CacheStore` made of blocking `get_sync`, `put_sync` and `close`, each awaited in a worker thread."""
+
+    def get_sync(self, key: str) -> CachedAnswer | None:
+        raise NotImplementedError
+
+    def put_sync(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The unexpired answer under `key`, or None (also when the backend fails: see `errors`)."""
+        return await asyncio.to_thread(self.get_sync, key)
+
+    async def put(self, key: str, answer: CachedAnswer, ttl_s: float | None) -> bool:
+        """Store `answer` under `key` for `ttl_s` seconds (None: no expiry); False when it was not stored."""
+        return await asyncio.to_thread(self.put_sync, key, answer, ttl_s)
+
+    async def aclose(self) -> None:
+        """`close`, in a worker thread; the store cannot be used afterwards."""
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def expires_at(ttl_s: float | None, now: float) -> float | None:
