@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._errors import BackendError
 from .._progress import SessionFinished, TurnFinished
@@ -52,6 +53,15 @@ class Timing:
     retry_wait_ms: float = 0.0
     queue_wait_ms: float = 0.0
 
+    def record_fields(self) -> dict[str, Any]:
+        """The `TurnRecord` fields these give, rounded to the microsecond."""
+        return {
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "attempts": self.attempts,
+            "retry_wait_ms": round(self.retry_wait_ms, 3),
+            "queue_wait_ms": round(self.queue_wait_ms, 3),
+        }
+
 
 class Book:
     """Writes outcomes into sessions and reports each as a progress event."""
@@ -83,10 +93,7 @@ class Book:
             TurnRecord(
                 qa_id=batch.qa_id,
                 status="ok",
-                latency_ms=None if timing.latency_ms is None else round(timing.latency_ms, 3),
-                attempts=timing.attempts,
-                retry_wait_ms=round(timing.retry_wait_ms, 3),
-                queue_wait_ms=round(timing.queue_wait_ms, 3),
+                **timing.record_fields(),
                 input_tokens=output.input_tokens,
                 output_tokens=output.output_tokens,
                 cached=cached,
@@ -108,10 +115,7 @@ class Book:
             TurnRecord(
                 qa_id=batch.qa_id,
                 status="error",
-                latency_ms=None if timing.latency_ms is None else round(timing.latency_ms, 3),
-                attempts=timing.attempts,
-                retry_wait_ms=round(timing.retry_wait_ms, 3),
-                queue_wait_ms=round(timing.queue_wait_ms, 3),
+                **timing.record_fields(),
                 error_type=error.error_type,
             ),
         )
