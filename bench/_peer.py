@@ -15,9 +15,8 @@ import resource
 import time
 from typing import Any
 
-from _workload import API_KEY, MODEL, datasets, peak_rss_mb
-from langchain_core.language_models import BaseChatModel, LanguageModelInput
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from _workload import API_KEY, MODEL, abatch_rounds, datasets, peak_rss_mb
+from langchain_core.language_models import BaseChatModel
 
 
 def _model(provider: str, url: str) -> BaseChatModel:
@@ -28,25 +27,6 @@ def _model(provider: str, url: str) -> BaseChatModel:
     from langchain_groq import ChatGroq
 
     return ChatGroq(model=MODEL, api_key=API_KEY, base_url=url)  # type: ignore[call-arg]
-
-
-async def _run(model: BaseChatModel, data: list[dict[str, Any]], concurrency: int) -> tuple[int, int]:
-    """Every round of turns as one `abatch`; (successes, failures)."""
-    histories: list[list[BaseMessage]] = [[SystemMessage(content=d["context"])] for d in data]
-    ok = failed = 0
-    for k in range(max(len(d["conversation"]) for d in data)):
-        live = [i for i, d in enumerate(data) if k < len(d["conversation"])]
-        sent = [[*histories[i], HumanMessage(content=data[i]["conversation"][k]["query"])] for i in live]
-        inputs: list[LanguageModelInput] = list(sent)
-        replies = await model.abatch(inputs, config={"max_concurrency": concurrency}, return_exceptions=True)
-        for i, messages, reply in zip(live, sent, replies, strict=True):
-            if isinstance(reply, AIMessage) and reply.content:
-                ok += 1
-                histories[i] = [*messages, reply]
-            else:
-                failed += 1
-                histories[i] = [*messages, AIMessage(content="")]
-    return ok, failed
 
 
 def main() -> None:
@@ -63,10 +43,10 @@ def main() -> None:
         model = _model(args.provider, args.url)
         warmup = datasets(1, 1)
         warmup[0]["conversation"][0]["query"] = "warm-up question"
-        await _run(model, warmup, 1)
+        await abatch_rounds(model, warmup, 1)
         started = time.perf_counter()
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
-        ok, failed = await _run(model, datasets(args.sessions, args.turns), args.concurrency)
+        ok, failed = await abatch_rounds(model, datasets(args.sessions, args.turns), args.concurrency)
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         wall = time.perf_counter() - started
         user, system = usage1.ru_utime - usage0.ru_utime, usage1.ru_stime - usage0.ru_stime

@@ -20,34 +20,12 @@ import json
 import resource
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from _workload import API_KEY, MODEL, datasets
+from _workload import API_KEY, MODEL, abatch_rounds, datasets
 
 if TYPE_CHECKING:  # LangChain is imported in `main`, timed (what the runs' walls leave out)
-    from langchain_core.language_models import BaseChatModel, LanguageModelInput
-    from langchain_core.messages import BaseMessage
-
-
-async def rounds(model: BaseChatModel, data: list[dict[str, Any]], concurrency: int) -> tuple[int, int]:
-    """Every round of turns as one `abatch`; (successes, failures)."""
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
-
-    histories: list[list[BaseMessage]] = [[SystemMessage(content=d["context"])] for d in data]
-    ok = failed = 0
-    for k in range(max(len(d["conversation"]) for d in data)):
-        live = [i for i, d in enumerate(data) if k < len(d["conversation"])]
-        sent = [[*histories[i], HumanMessage(content=data[i]["conversation"][k]["query"])] for i in live]
-        inputs: list[LanguageModelInput] = list(sent)
-        replies = await model.abatch(inputs, config={"max_concurrency": concurrency}, return_exceptions=True)
-        for i, messages, reply in zip(live, sent, replies, strict=True):
-            if isinstance(reply, AIMessage) and reply.content:
-                ok += 1
-                histories[i] = [*messages, reply]
-            else:
-                failed += 1
-                histories[i] = [*messages, AIMessage(content="")]
-    return ok, failed
+    from langchain_core.language_models import BaseChatModel
 
 
 def _cpu_s() -> float:
@@ -92,7 +70,7 @@ async def serve(model: BaseChatModel, args: argparse.Namespace) -> None:
         if (await asyncio.to_thread(sys.stdin.readline)).strip() != "go":
             return
         start, cpu0 = time.monotonic(), _cpu_s()
-        ok, failed = await rounds(model, data, args.concurrency)
+        ok, failed = await abatch_rounds(model, data, args.concurrency)
         end = time.monotonic()
         report = {
             "start": start,

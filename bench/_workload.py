@@ -11,7 +11,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # LangChain only inside `abatch_rounds`: the peers time their own imports
+    from langchain_core.language_models import BaseChatModel, LanguageModelInput
+    from langchain_core.messages import BaseMessage
 
 CONTEXT = "You are the benchmark assistant. Answer briefly."
 MODEL = "bench-model"
@@ -113,3 +117,27 @@ def peak_rss_mb() -> float:
     """This process image's peak RSS (VmHWM); `ru_maxrss` would carry the forking parent's over."""
     with open("/proc/self/status") as status:
         return round(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024, 1)
+
+
+async def abatch_rounds(
+    model: BaseChatModel, data: list[dict[str, Any]], concurrency: int
+) -> tuple[int, int]:
+    """The peer's run: every round of turns as one `abatch` (round k: each session's turn k with its history,
+    the system message then the earlier (query, answer) pairs); (successes, failures)."""
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    histories: list[list[BaseMessage]] = [[SystemMessage(content=d["context"])] for d in data]
+    ok = failed = 0
+    for k in range(max(len(d["conversation"]) for d in data)):
+        live = [i for i, d in enumerate(data) if k < len(d["conversation"])]
+        sent = [[*histories[i], HumanMessage(content=data[i]["conversation"][k]["query"])] for i in live]
+        inputs: list[LanguageModelInput] = list(sent)
+        replies = await model.abatch(inputs, config={"max_concurrency": concurrency}, return_exceptions=True)
+        for i, messages, reply in zip(live, sent, replies, strict=True):
+            if isinstance(reply, AIMessage) and reply.content:
+                ok += 1
+                histories[i] = [*messages, reply]
+            else:
+                failed += 1
+                histories[i] = [*messages, AIMessage(content="")]
+    return ok, failed
