@@ -1,5 +1,6 @@
 """Helpers shared by the provider tests (Bedrock, Anthropic, Azure OpenAI): a clean provider env, serving an
-emulator, and model builders whose HTTP clients are closed after each test."""
+emulator, and model builders whose HTTP clients are closed after each test. The fixtures at the end (the
+autouse clean env, one module-scoped server per emulator) apply to a test module that imports them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_openai import AzureChatOpenAI
 
 from fair_runners.testing import LoopbackServer
+from fair_runners.testing.anthropic_api import AnthropicEmulator
+from fair_runners.testing.azure_openai import AzureOpenAIEmulator
+from fair_runners.testing.bedrock import BedrockEmulator
 
 ANTHROPIC_KEY = "demo-ant-key-Qw73Hs2Kd9Lp"
 AZURE_KEY = "demo-azr-key-Mx41Tb8Fe3Vn"
@@ -141,3 +145,28 @@ def azure_model(url: str, **params: Any) -> AzureChatOpenAI:
     )
     _MADE.append(model)
     return model
+
+
+# ------------------------------------------------------------------------ fixtures (import them to use them)
+
+
+@pytest.fixture(autouse=True)
+def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    provider_env(monkeypatch, tmp_path)
+    yield
+    close_models()
+
+
+@pytest.fixture(scope="module")
+def _bedrock_server() -> Iterator[Served[BedrockEmulator]]:
+    yield from serve(BedrockEmulator())
+
+
+@pytest.fixture(scope="module")
+def _anthropic_server() -> Iterator[Served[AnthropicEmulator]]:
+    yield from serve(AnthropicEmulator(api_key=ANTHROPIC_KEY))
+
+
+@pytest.fixture(scope="module")
+def _azure_server() -> Iterator[Served[AzureOpenAIEmulator]]:
+    yield from serve(AzureOpenAIEmulator(api_key=AZURE_KEY))

@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,30 +22,19 @@ from fair_runners.testing.bedrock import BedrockEmulator
 
 from .providers_support import (
     Served,
+    _bedrock_server,
+    _provider_env,
     azure_model,
     bedrock_model,
     claude_model,
-    close_models,
     fresh,
-    provider_env,
-    serve,
 )
+
+__all__ = ["_bedrock_server", "_provider_env"]  # fixtures from providers_support
 
 CALLS = 32
 LATENCY_S = 0.5
 THREAD_PREFIX = "fair-runners-model"
-
-
-@pytest.fixture(autouse=True)
-def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    provider_env(monkeypatch, tmp_path)
-    yield
-    close_models()
-
-
-@pytest.fixture(scope="module")
-def _bedrock_server() -> Iterator[Served[BedrockEmulator]]:
-    yield from serve(BedrockEmulator())
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from pathlib import Path
 
 import anthropic
 import botocore.exceptions
@@ -31,27 +30,23 @@ from .providers_support import (
     MODEL_ARN,
     OUTPUT_TOKENS,
     Served,
+    _anthropic_server,
+    _azure_server,
+    _bedrock_server,
+    _provider_env,
     azure_model,
     bedrock_model,
     claude_model,
-    close_models,
     fresh,
     kept_bedrock_model,
-    provider_env,
-    serve,
 )
 
-
-@pytest.fixture(autouse=True)
-def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    provider_env(monkeypatch, tmp_path)
-    yield
-    close_models()
-
-
-@pytest.fixture(scope="module")
-def _bedrock_server() -> Iterator[Served[BedrockEmulator]]:
-    yield from serve(BedrockEmulator())
+__all__ = [
+    "_anthropic_server",
+    "_azure_server",
+    "_bedrock_server",
+    "_provider_env",
+]  # fixtures from providers_support
 
 
 @pytest.fixture
@@ -69,20 +64,10 @@ def bedrock_faulty(_bedrock_server: Served[BedrockEmulator]) -> Iterator[ChatBed
     yield from kept_bedrock_model(_bedrock_server.url)
 
 
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[Served[AnthropicEmulator]]:
-    yield from serve(AnthropicEmulator(api_key=ANTHROPIC_KEY))
-
-
 @pytest.fixture
 def claude(_anthropic_server: Served[AnthropicEmulator]) -> Iterator[tuple[AnthropicEmulator, str]]:
     for served in fresh(_anthropic_server):
         yield served.emulator, served.url
-
-
-@pytest.fixture(scope="module")
-def _azure_server() -> Iterator[Served[AzureOpenAIEmulator]]:
-    yield from serve(AzureOpenAIEmulator(api_key=AZURE_KEY))
 
 
 @pytest.fixture

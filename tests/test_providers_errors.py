@@ -33,41 +33,25 @@ from fair_runners.testing.bedrock import BedrockEmulator
 
 from .conftest import free_port
 from .providers_support import (
-    ANTHROPIC_KEY,
-    AZURE_KEY,
     CONVERSATION,
     Served,
+    _anthropic_server,
+    _azure_server,
+    _bedrock_server,
+    _provider_env,
     azure_model,
     bedrock_model,
     claude_model,
-    close_models,
     fresh,
     kept_bedrock_model,
-    provider_env,
-    serve,
 )
 
-
-@pytest.fixture(autouse=True)
-def _provider_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    provider_env(monkeypatch, tmp_path)
-    yield
-    close_models()
-
-
-@pytest.fixture(scope="module")
-def _bedrock_server() -> Iterator[Served[BedrockEmulator]]:
-    yield from serve(BedrockEmulator())
-
-
-@pytest.fixture(scope="module")
-def _anthropic_server() -> Iterator[Served[AnthropicEmulator]]:
-    yield from serve(AnthropicEmulator(api_key=ANTHROPIC_KEY))
-
-
-@pytest.fixture(scope="module")
-def _azure_server() -> Iterator[Served[AzureOpenAIEmulator]]:
-    yield from serve(AzureOpenAIEmulator(api_key=AZURE_KEY))
+__all__ = [
+    "_anthropic_server",
+    "_azure_server",
+    "_bedrock_server",
+    "_provider_env",
+]  # fixtures from providers_support
 
 
 @pytest.fixture(scope="module")
