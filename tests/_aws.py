@@ -63,8 +63,8 @@ class Aws:
         return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
-def moto_aws(monkeypatch: pytest.MonkeyPatch, *, idempotency: bool = False) -> Iterator[Aws]:
-    """Start moto, create the deployment's resources, point the env at them; reset the clients after."""
+def fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's dummy credentials and `REGION` in the env (never a developer's real ones)."""
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -73,6 +73,11 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch, *, idempotency: bool = False) -> I
         "AWS_REGION": REGION,
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def moto_aws(monkeypatch: pytest.MonkeyPatch, *, idempotency: bool = False) -> Iterator[Aws]:
+    """Start moto, create the deployment's resources, point the env at them; reset the clients after."""
+    fake_credentials(monkeypatch)
     for name in ("RESULTS_BUCKET", "STATE_MACHINE_ARN", "IDEMPOTENCY_TABLE", "ALQUIMIA_API_KEY_SECRET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("LLM_API_KEY_SECRET", raising=False)

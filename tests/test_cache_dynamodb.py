@@ -34,12 +34,12 @@ from fair_runners.cache import (
 )
 from fair_runners.testing import LoopbackServer
 
+from ._aws import REGION, fake_credentials
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "fair-runners-cache-test"
 BUCKET = "fair-runners-cache-spill-test"
-REGION = "us-east-1"
 
 
 @dataclass
@@ -56,14 +56,7 @@ class Aws:
 
 @pytest.fixture
 def creds(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
+    fake_credentials(monkeypatch)
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
 
