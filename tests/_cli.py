@@ -1,11 +1,13 @@
-"""Run the `fair-runners` command line in a subprocess, as a user would."""
+"""Run the `fair-runners` command line (or a probe script) in a subprocess, as a user would."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,3 +35,20 @@ def cli(
         input=input,
         check=False,
     )
+
+
+def probe(code: str, *args: str, input: Any, env: dict[str, str], timeout: float = 120) -> Any:
+    """Run `code` in a fresh interpreter from the repository root with `input` as JSON on stdin; the JSON
+    of its last stdout line (the run must succeed: its stderr's end is the failure message)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        input=json.dumps(input),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

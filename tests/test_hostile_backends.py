@@ -7,8 +7,6 @@ comes back from a backend that echoes it.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +16,7 @@ import pytest
 from fair_runners.testing import HostileBackend, LoopbackServer
 from fair_runners.testing.hostile import DOTDOT_IDS, KEY_ECHO_VARIANTS
 
-from ._cli import ROOT, cli_env
+from ._cli import cli_env, probe
 from .conftest import FakeLambdaContext, _allow, make_datasets
 from .helpers import api_event
 from .security_support import LeakScan, invoke, leak_scan
@@ -123,18 +121,7 @@ def test_memory_stays_bounded_while_a_bomb_is_refused(
         params = {"size": 300 << 20, "chunked": True}
     hostile.set(kind, step=step, **params)
     env = cli_env(FAIR_RUNNERS_ALLOWED_HOSTS=f"127.0.0.1:{hostile.url.rsplit(':', 1)[1]}")  # type: ignore[attr-defined]
-    done = subprocess.run(
-        [sys.executable, "-c", _RSS_PROBE, mode],
-        input=json.dumps(_request(hostile, mode, sessions=4)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = probe(_RSS_PROBE, mode, input=_request(hostile, mode, sessions=4), env=env)
     assert report["errors"] == ["too_large"] * 4
     print(f"\n{mode} {kind}: peak RSS {report['before_mb']:.0f} -> {report['after_mb']:.0f} MB")
     # 1 GiB (or 300 MiB) per session before the cap (2 MiB a reply); measured growth 12-15 MB for the four.

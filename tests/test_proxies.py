@@ -5,8 +5,6 @@ and `FAIR_RUNNERS_TRUST_ENV=0` bypass it, proxy credentials never come back, the
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 from fair_runners.testing import HostileBackend, LoopbackServer
 from fair_runners.testing.proxy import ForwardProxy
 
-from ._cli import ROOT, cli_env
+from ._cli import cli_env, probe
 from .conftest import alquimia_request, llm_request, make_datasets
 from .helpers import api_event
 from .security_support import LeakScan, invoke, leak_scan
@@ -143,18 +141,7 @@ def test_https_targets_go_through_a_connect_tunnel(
             SSL_CERT_FILE=str(cert_path),
             FAIR_RUNNERS_ALLOWED_HOSTS=f"127.0.0.1:{server.port}",
         )
-        done = subprocess.run(
-            [sys.executable, "-c", _HTTPS_PROBE],
-            input=json.dumps(requests),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-            env=env,
-            check=False,
-        )
-    assert done.returncode == 0, done.stderr[-3000:]
-    statuses = json.loads(done.stdout.strip().splitlines()[-1])
+        statuses = probe(_HTTPS_PROBE, input=requests, env=env)
     assert statuses == [["ok"] * 4, ["ok"] * 4]
     assert {entry.method for entry in proxy.log} == {"CONNECT"}
     assert {entry.target for entry in proxy.log} == {f"127.0.0.1:{server.port}"}
