@@ -311,7 +311,6 @@ class Pacer:
         if rate is None or rate <= 0:
             return  # nothing paces requests yet (no budget known): the phase waits for one
         self._phased = True
-        self._requests.set_rate(rate, now)
         self._requests.hold_until(now + _PHASE.uniform(0.0, 1.0 / rate))
 
     async def _ensure_lease(self) -> None:
