@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -25,6 +26,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -402,6 +404,22 @@ def shared_worker(
     results.put(asyncio.run(go()))
 
 
+@contextlib.contextmanager
+def frozen_heap() -> Iterator[None]:
+    """No collection of the objects alive now while the block runs (`gc.freeze`), then back to normal.
+
+    For a gate in a process with a big heap (a test process's): its clock is that process's, and a long
+    collection would hold its requests back and then take them at once, past its burst. A fork inside the
+    block also spares its children that collection.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def simulate_shared(
     *,
     processes: int = 8,
@@ -429,24 +447,20 @@ def simulate_shared(
         context.Process(target=shared_worker, args=(i, processes, scenario, urls, barrier, results))
         for i in range(processes)
     ]
-    # The gate's clock is this process's: a long collection of a big heap (a test process's, say) would hold
-    # its requests back and then take them at once, over its burst. Objects alive now are never garbage here.
-    gc.collect()
-    gc.freeze()
-    for worker in workers:
-        worker.start()
-    gate = gate_for(scenario)
-    with AtomicMotoServer() as moto, LoopbackServer(gate) as server:
-        create_rate_table(dynamodb_client(moto.url), "rates")
-        for _ in workers:
-            urls.put((server.url, moto.url))
-        barrier.wait(timeout=120)
-        start = time.monotonic()
-        reports = [results.get(timeout=600) for _ in workers]
-        wall = time.monotonic() - start
+    with frozen_heap():
         for worker in workers:
-            worker.join(timeout=10)
-    gc.unfreeze()
+            worker.start()
+        gate = gate_for(scenario)
+        with AtomicMotoServer() as moto, LoopbackServer(gate) as server:
+            create_rate_table(dynamodb_client(moto.url), "rates")
+            for _ in workers:
+                urls.put((server.url, moto.url))
+            barrier.wait(timeout=120)
+            start = time.monotonic()
+            reports = [results.get(timeout=600) for _ in workers]
+            wall = time.monotonic() - start
+            for worker in workers:
+                worker.join(timeout=10)
     tally = Tally(done=sum(r["done"] for r in reports))
     calls_per_s = max(r["dynamodb_calls"] / r["wall_s"] for r in reports)
     return summary(

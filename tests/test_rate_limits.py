@@ -7,7 +7,6 @@ full-size figures are the benchmark's (`bench/rate_bench.py`)."""
 
 from __future__ import annotations
 
-import gc
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from bench.pacing_sim import frozen_heap
 from fair_runners import run_sync
 from fair_runners.engine._pacing import forget
 from fair_runners.testing import AlquimiaAgent, LoopbackServer, OpenAICompatServer
@@ -200,30 +200,28 @@ def test_four_processes_share_one_budget(provider: tuple[RateLimitGate, str], ra
         AWS_REGION="us-east-1",
         TIKTOKEN_CACHE_DIR="",
     )
-    # The gate's clock is this (big) test process's: a long collection here would hold its requests back
-    # and then take them at once, past its burst (as `bench.pacing_sim.simulate_shared` explains).
-    gc.collect()
-    gc.freeze()
-    procs = []
-    for i in range(4):
-        batch = {
-            "Items": request["datasets"][i * 10 : (i + 1) * 10],
-            "BatchInput": {"connector": request["connector"], "options": request["options"], "fan_out": 4},
-        }
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _BATCH, f"batch-{i}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-            env=env,
-            text=True,
-        )
-        procs.append((proc, json.dumps(batch)))
-    try:
+    with frozen_heap():  # the gate counts in this (big) test process
+        procs = []
+        for i in range(4):
+            batch = {
+                "Items": request["datasets"][i * 10 : (i + 1) * 10],
+                "BatchInput": {
+                    "connector": request["connector"],
+                    "options": request["options"],
+                    "fan_out": 4,
+                },
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BATCH, f"batch-{i}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env=env,
+                text=True,
+            )
+            procs.append((proc, json.dumps(batch)))
         outs = [proc.communicate(body, timeout=120) for proc, body in procs]
-    finally:
-        gc.unfreeze()
     reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert [r["ok"] for r in reports] == [20] * 4, [err[-2000:] for _, err in outs]
     assert all(not any("rate budget" in w for w in r["warnings"]) for r in reports)
